@@ -49,7 +49,9 @@ def check_name(kind: str, value: object) -> str:
     if not value:
         raise InvalidEvent(f"{kind} must not be empty")
     if len(value) > MAX_NAME_LENGTH:
-        raise InvalidEvent(f"{kind} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+        raise InvalidEvent(
+            f"{kind} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}"
+        )
     if not _FORBIDDEN_IN_NAMES.isdisjoint(value):
         raise InvalidEvent(f"{kind} {value[:40]!r} contains CR, LF, NUL or ':'")
     return value
@@ -156,7 +158,12 @@ class StoredEvent:
     def envelope_json(self) -> bytes:
         """``{"id", "type", "source", "ts", "data"}`` as one line of JSON bytes."""
         head = orjson.dumps(
-            {"id": self.id, "type": self.event.type, "source": self.event.source, "ts": self.event.ts}
+            {
+                "id": self.id,
+                "type": self.event.type,
+                "source": self.event.source,
+                "ts": self.event.ts,
+            }
         )
         return head[:-1] + b',"data":' + self.data_json + b"}"
 

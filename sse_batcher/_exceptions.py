@@ -1,14 +1,14 @@
 """Every exception sse_batcher raises, under one root.
 
-    SSEBatcherError
-    ├── ConfigError          invalid configuration (a range, a name, a path)
-    ├── InvalidEvent         an event that breaks the validation rules (ValueError too)
-    ├── QueueFull            the pending queue is at its bound and the policy refused the event
-    ├── BatcherClosed        emit() after close, or a batcher used outside ``async with``
-    ├── JournalError         the journal could not do what was asked
-    │   ├── JournalUnavailable   a transient failure (locked, disk full, Redis down): retried
-    │   └── InvalidCursor        an event id that this journal cannot parse
-    └── PublishError         a RemotePublisher gave up or the server rejected entries
+SSEBatcherError
+├── ConfigError          invalid configuration (a range, a name, a path)
+├── InvalidEvent         an event that breaks the validation rules (ValueError too)
+├── QueueFull            the pending queue is at its bound and the policy refused the event
+├── BatcherClosed        emit() after close, or a batcher used outside ``async with``
+├── JournalError         the journal could not do what was asked
+│   ├── JournalUnavailable   a transient failure (locked, disk full, Redis down): retried
+│   └── InvalidCursor        an event id that this journal cannot parse
+└── PublishError         a RemotePublisher gave up or the server rejected entries
 """
 
 from __future__ import annotations

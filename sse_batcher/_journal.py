@@ -131,9 +131,7 @@ class Journal(Protocol):
         """The id of the newest durable event, None when empty."""
         ...
 
-    async def run_tail(
-        self, deliver: TailListener, *, task_status: TaskStatus[None] = ...
-    ) -> None:
+    async def run_tail(self, deliver: TailListener, *, task_status: TaskStatus[None] = ...) -> None:
         """Call ``deliver`` with every appended batch until cancelled.
 
         Calls ``task_status.started()`` once ``deliver`` is guaranteed to see every

@@ -1,0 +1,49 @@
+"""sse_batcher: merge bursts of worker events into batch events, journal each batch
+in one write, and stream them to browsers over resumable Server-Sent Events."""
+
+from __future__ import annotations
+
+from ._aggregation import AggregationRule, batch_type_for
+from ._batcher import SSEEventBatcher
+from ._events import EncodedEvent, Event, Position, StoredEvent
+from ._exceptions import (
+    BatcherClosed,
+    ConfigError,
+    InvalidCursor,
+    InvalidEvent,
+    JournalError,
+    JournalUnavailable,
+    PublishError,
+    QueueFull,
+    SSEBatcherError,
+)
+from ._journal import Journal, Resume
+from ._sink import Sink
+from ._stats import BatcherStats, WorkerInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregationRule",
+    "BatcherClosed",
+    "BatcherStats",
+    "ConfigError",
+    "EncodedEvent",
+    "Event",
+    "InvalidCursor",
+    "InvalidEvent",
+    "Journal",
+    "JournalError",
+    "JournalUnavailable",
+    "Position",
+    "PublishError",
+    "QueueFull",
+    "Resume",
+    "SSEBatcherError",
+    "SSEEventBatcher",
+    "Sink",
+    "StoredEvent",
+    "WorkerInfo",
+    "__version__",
+    "batch_type_for",
+]

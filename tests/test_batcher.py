@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 import pytest
 
@@ -44,8 +45,8 @@ class Tail:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[StoredEvent]:
-        with anyio.fail_after(timeout):
+    async def wait_for(self, count: int, within: float = 10.0) -> list[StoredEvent]:
+        with anyio.fail_after(within):
             while len(self.events) < count:
                 await self._changed.wait()
         return self.events
@@ -97,10 +98,10 @@ async def test_size_and_immediate_do_not_wait_for_the_window(tmp_path: Path) -> 
     async with running(tmp_path / "j.db", window=30, max_batch=3) as (_, batcher, tail):
         for job in range(3):
             batcher.emit("JOB_STARTED", {"job_id": job}, source="a")
-        [batch] = await tail.wait_for(1, timeout=10)  # a 30 s window would time out
+        [batch] = await tail.wait_for(1, within=10)  # a 30 s window would time out
         assert batch.event.data["batch_count"] == 3
         batcher.emit("LOG_ERROR", {"level": "error", "message": "disk full"}, source="a")
-        events = await tail.wait_for(2, timeout=10)
+        events = await tail.wait_for(2, within=10)
         assert events[1].event.type == "LOG_ERROR"
         flushes = batcher.stats().flushes
         assert flushes["size"] == 1 and flushes["immediate"] == 1
@@ -118,7 +119,7 @@ async def test_threads_and_tasks_emit_concurrently_nothing_lost(tmp_path: Path) 
             for n in range(per_producer):
                 await batcher.aemit("JOB_STARTED", {"job_id": f"{name}-{n}", "n": n}, source=name)
                 if n % 100 == 0:
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
 
         threads = [threading.Thread(target=thread_worker, args=(f"t{i}",)) for i in range(4)]
         for thread in threads:
@@ -243,7 +244,7 @@ async def test_journal_failure_retries_then_dead_letters_then_recovers(tmp_path:
         "retry_delay": 0.01,
         "dead_letter_path": dead,
     }
-    async with running(db, **options) as (journal, batcher, tail):
+    async with running(db, **options) as (journal, batcher, _tail):
         batcher.emit("A", {"n": 0}, source="s")
         await batcher.flush()
         blocker = sqlite3.connect(db, timeout=0.1)

@@ -19,6 +19,7 @@ from ._exceptions import (
 )
 from ._journal import Journal, Resume
 from ._sink import Sink
+from ._sqlite_journal import SQLiteJournal
 from ._stats import BatcherStats, WorkerInfo
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "PublishError",
     "QueueFull",
     "Resume",
+    "SQLiteJournal",
     "SSEBatcherError",
     "SSEEventBatcher",
     "Sink",

@@ -1,0 +1,25 @@
+"""The README's first example runs and prints what the README says it prints."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_first_example_prints_one_batch_event(tmp_path: Path) -> None:
+    text = README.read_text()
+    match = re.search(r"```python\n(.*?)```", text, re.S)
+    assert match, "README has no python example"
+    code = match.group(1)
+    assert len(code.strip().splitlines()) <= 16, "the first-screen example should stay short"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    assert "JOBS_BATCH_STARTED" in lines[0] and "[123, 124, 125]" in lines[0]

@@ -327,3 +327,32 @@ async def test_configuration_ranges(tmp_path: Path) -> None:
                 SSEEventBatcher(journal, **bad)
         with pytest.raises(ConfigError, match="overflow"):
             SSEEventBatcher(journal, overflow="wait")  # type: ignore[arg-type]
+
+
+async def test_drain_deadline_dead_letters_what_it_cannot_write(tmp_path: Path) -> None:
+    db, dead = tmp_path / "j.db", tmp_path / "dead.jsonl"
+    async with SQLiteJournal(db, busy_timeout=0.1) as journal:
+        batcher = SSEEventBatcher(
+            journal,
+            window=60,
+            max_retries=50,
+            retry_delay=0.2,
+            drain_timeout=0.5,
+            dead_letter_path=dead,
+        )
+        blocker = sqlite3.connect(db, timeout=0.1)
+        try:
+            async with batcher:
+                for n in range(7):
+                    batcher.emit("A", {"n": n}, source="s")
+                blocker.execute("BEGIN EXCLUSIVE")
+                started = time.monotonic()
+            assert time.monotonic() - started < 10  # bounded by drain_timeout, not retries
+        finally:
+            blocker.rollback()
+            blocker.close()
+        lines = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+        assert sum(line["members"] for line in lines) == 7
+        stats = batcher.stats()
+        assert stats.dead_letter_pending == 7
+        assert stats.events_in == stats.members_out + stats.dead_letter_pending

@@ -4,6 +4,7 @@ in one write, and stream them to browsers over resumable Server-Sent Events."""
 from __future__ import annotations
 
 from ._aggregation import AggregationRule, batch_type_for
+from ._app import create_app
 from ._batcher import SSEEventBatcher
 from ._events import EncodedEvent, Event, Position, StoredEvent
 from ._exceptions import (
@@ -17,6 +18,7 @@ from ._exceptions import (
     QueueFull,
     SSEBatcherError,
 )
+from ._hub import Hub
 from ._journal import Journal, Resume
 from ._sink import Sink
 from ._sqlite_journal import SQLiteJournal
@@ -31,6 +33,7 @@ __all__ = [
     "ConfigError",
     "EncodedEvent",
     "Event",
+    "Hub",
     "InvalidCursor",
     "InvalidEvent",
     "Journal",
@@ -48,4 +51,5 @@ __all__ = [
     "WorkerInfo",
     "__version__",
     "batch_type_for",
+    "create_app",
 ]

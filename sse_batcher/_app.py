@@ -278,6 +278,10 @@ class _Service:
             return error(503, f"journal unavailable: {exc}")
         if not self.batcher.running:
             return error(503, "batcher is not running")
+        if not self.batcher.write_healthy:
+            # The journal may answer reads while every write fails (e.g. a full disk).
+            pending = self.batcher.stats().dead_letter_pending
+            return error(503, f"journal writes are failing; {pending} events dead-lettered")
         return json_response(
             {"status": "ok", "subscribers": self.hub.subscriber_count, "epoch": self.journal.epoch}
         )

@@ -45,6 +45,7 @@ logger = logging.getLogger("sse_batcher.batcher")
 Overflow = Literal["block", "reject", "drop_oldest"]
 _OVERFLOWS = ("block", "reject", "drop_oldest")
 _MAX_WRITE_EVENTS = 10_000  # events per journal transaction at most
+_MAX_RECOVERY_DELAY = 30.0  # seconds between probes of a failing journal, at most
 _NAME_CACHE_LIMIT = 4096
 
 
@@ -170,6 +171,9 @@ class SSEEventBatcher:
         self._dropped_oldest = 0
         self._valid_names: set[tuple[str, str]] = set()
         self._state = _State.UNOPENED
+        # False from a failed journal append until the next successful one: /health
+        # reports it, because a journal can answer reads while every write fails.
+        self.write_healthy = True
 
         # Loop-side state.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -657,13 +661,23 @@ class SSEEventBatcher:
 
     async def _run_writer(self, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
-        if self._dead_letters.pending:
-            await self._replay_dead_letters()  # an earlier run's leftovers go first
+        recovery_delay = self._retry_delay or 0.1
         while True:
             if not self._write_queue:
                 self._writable = anyio.Event()
-                await self._writable.wait()
-                continue
+                if not self._dead_letters.pending:
+                    await self._writable.wait()
+                    continue
+                # Dead letters wait for the journal to recover even without new
+                # traffic: probe it with a growing delay.
+                with anyio.move_on_after(recovery_delay):
+                    await self._writable.wait()
+                if not self._write_queue:
+                    if await self._replay_dead_letters():
+                        recovery_delay = self._retry_delay or 0.1
+                    else:
+                        recovery_delay = min(recovery_delay * 2, _MAX_RECOVERY_DELAY)
+                    continue
             batch: list[EncodedEvent] = []
             self._inflight_seq = self._write_queue[0].first_seq
             while self._write_queue and len(batch) < _MAX_WRITE_EVENTS:
@@ -676,13 +690,19 @@ class SSEEventBatcher:
             self._release_waiters()
 
     async def _write(self, batch: list[EncodedEvent]) -> None:
-        stored = await self._append_with_retry(batch)
         self._queued_bytes -= sum(len(i.data_json) for i in batch)
-        members = sum(i.members for i in batch)
+        # Dead letters are older than anything queued: they go first, and while
+        # they cannot be written the new batch queues behind them, so the journal
+        # keeps emit order through a fault.
+        if self._dead_letters.pending and not await self._replay_dead_letters():
+            with anyio.CancelScope(shield=True):
+                await self._dead_letter(batch)
+            return
+        stored = await self._append_with_retry(batch)
         if stored is None:
             logger.error(
                 "journal refused %d events after %d retries; dead-lettered to %s",
-                members,
+                sum(i.members for i in batch),
                 self._max_retries,
                 self._dead_letters.path or "memory",
             )
@@ -690,9 +710,7 @@ class SSEEventBatcher:
                 await self._dead_letter(batch)
             return
         self._record_written(batch, stored)
-        self._release(members)
-        if self._dead_letters.pending:
-            await self._replay_dead_letters()
+        self._release(sum(i.members for i in batch))
 
     async def _dead_letter(self, batch: list[EncodedEvent]) -> None:
         durable = [i for i in batch if i.persist]
@@ -728,8 +746,10 @@ class SSEEventBatcher:
                 # cancelled-but-committed batch would be dead-lettered and stored twice.
                 with anyio.CancelScope(shield=True):
                     stored: list[StoredEvent] = await self.journal.append(batch)
+                self.write_healthy = True
                 return stored
             except Exception as exc:
+                self.write_healthy = False
                 self._counts["failed_writes"] += 1
                 if attempt == self._max_retries:
                     logger.warning("journal append failed (%s); giving up on this batch", exc)
@@ -740,8 +760,11 @@ class SSEEventBatcher:
                 await anyio.sleep(delay)
         return None
 
-    async def _replay_dead_letters(self) -> None:
-        """Re-append dead letters in order, shrinking the store after each chunk."""
+    async def _replay_dead_letters(self) -> bool:
+        """Re-append dead letters in order, shrinking the store after each chunk.
+
+        Returns True when none are left.
+        """
         items = await self._dead_letters.load()
         while items:
             chunk, rest = items[:_MAX_WRITE_EVENTS], items[_MAX_WRITE_EVENTS:]
@@ -749,13 +772,17 @@ class SSEEventBatcher:
                 with anyio.CancelScope(shield=True):
                     stored = await self.journal.append(chunk)
             except Exception as exc:
+                self.write_healthy = False
+                self._counts["failed_writes"] += 1
                 logger.warning("dead-letter replay failed (%s); will retry later", exc)
-                return
+                return False
+            self.write_healthy = True
             self._counts["dead_letter_replayed"] += sum(i.members for i in chunk)
             self._record_written(chunk, stored)
             with anyio.CancelScope(shield=True):
                 await self._dead_letters.replace(rest)
             items = rest
+        return True
 
     async def _dead_letter_leftovers(self) -> None:
         """At close, after the tasks ended: keep what is still unwritten, say so."""

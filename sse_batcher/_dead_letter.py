@@ -7,6 +7,8 @@ path the store lives in memory (still counted and re-appended, lost at exit).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,8 @@ import orjson
 from ._events import EncodedEvent, Event
 
 __all__ = ["DeadLetterStore"]
+
+logger = logging.getLogger("sse_batcher.dead_letter")
 
 
 def _encode(item: EncodedEvent) -> bytes:
@@ -52,7 +56,11 @@ def _decode(line: bytes) -> EncodedEvent:
 
 
 class DeadLetterStore:
-    """Append-only store of undeliverable events, drained in order.
+    """Append-only store of undeliverable events, drained in order. Never raises.
+
+    When the file cannot be written (the disk that filled the journal may be the
+    same one), items stay in memory, still counted and retried, and the failure is
+    logged: they are lost only if the process dies before the journal recovers.
 
     Args:
         path: the JSON-lines file, or None to keep dead letters in memory.
@@ -60,29 +68,34 @@ class DeadLetterStore:
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path is not None else None
-        self._memory: list[EncodedEvent] = []
+        self._memory: list[EncodedEvent] = []  # not on disk: after the file's items
         self.pending = 0
 
     async def load(self) -> list[EncodedEvent]:
-        """Everything waiting, oldest first (reads the file when there is one)."""
-        if self.path is None:
-            return list(self._memory)
-        path = self.path
+        """Everything waiting, oldest first: the file's items, then memory's."""
+        items: list[EncodedEvent] = []
+        if self.path is not None:
+            path = self.path
 
-        def read() -> list[EncodedEvent]:
-            if not path.exists():
-                return []
-            return [_decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+            def read() -> list[EncodedEvent]:
+                if not path.exists():
+                    return []
+                lines = path.read_bytes().splitlines()
+                return [_decode(line) for line in lines if line.strip()]
 
-        items = await anyio.to_thread.run_sync(read)
+            try:
+                items = await anyio.to_thread.run_sync(read)
+            except (OSError, ValueError) as exc:
+                logger.error("cannot read dead letters from %s: %s", path, exc)
+        items += self._memory
         self.pending = sum(i.members for i in items)
         return items
 
     async def add(self, items: Sequence[EncodedEvent]) -> None:
-        """Append items (fsynced when on disk)."""
+        """Append items (fsynced when on disk; in memory if the disk refuses)."""
         self.pending += sum(i.members for i in items)
-        if self.path is None:
-            self._memory.extend(items)
+        if self.path is None or self._memory:
+            self._memory.extend(items)  # behind what is already in memory: keep order
             return
         path = self.path
         payload = b"".join(_encode(i) for i in items)
@@ -94,11 +107,20 @@ class DeadLetterStore:
                 fh.flush()
                 os.fsync(fh.fileno())
 
-        await anyio.to_thread.run_sync(write)
+        try:
+            await anyio.to_thread.run_sync(write)
+        except OSError as exc:
+            logger.error(
+                "cannot write dead letters to %s (%s): keeping %d events in memory",
+                path,
+                exc,
+                len(items),
+            )
+            self._memory.extend(items)
 
     async def replace(self, remaining: Sequence[EncodedEvent]) -> None:
-        """Keep only ``remaining`` (atomically, so a crash never re-sends what was
-        already re-appended)."""
+        """Keep only ``remaining``: atomically, so a crash never re-sends what was
+        already re-appended."""
         self.pending = sum(i.members for i in remaining)
         if self.path is None:
             self._memory = list(remaining)
@@ -117,4 +139,13 @@ class DeadLetterStore:
                 os.fsync(fh.fileno())
             tmp.replace(path)
 
-        await anyio.to_thread.run_sync(write)
+        try:
+            await anyio.to_thread.run_sync(write)
+            self._memory = []
+        except OSError as exc:
+            # The file still lists events now in the journal: remove it (needs no
+            # space) rather than re-send them later, and keep the rest in memory.
+            logger.error("cannot rewrite %s (%s): keeping dead letters in memory", path, exc)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            self._memory = list(remaining)

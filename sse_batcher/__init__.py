@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ._aggregation import AggregationRule, batch_type_for
 from ._app import create_app
+from ._async_publisher import AsyncRemotePublisher
 from ._batcher import SSEEventBatcher
 from ._events import EncodedEvent, Event, Position, StoredEvent
 from ._exceptions import (
@@ -20,6 +21,8 @@ from ._exceptions import (
 )
 from ._hub import Hub
 from ._journal import Journal, Resume
+from ._publish_model import PublisherStats, in_publisher_context
+from ._publisher import RemotePublisher
 from ._sink import Sink
 from ._sqlite_journal import SQLiteJournal
 from ._stats import BatcherStats, WorkerInfo
@@ -28,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AggregationRule",
+    "AsyncRemotePublisher",
     "BatcherClosed",
     "BatcherStats",
     "ConfigError",
@@ -41,7 +45,9 @@ __all__ = [
     "JournalUnavailable",
     "Position",
     "PublishError",
+    "PublisherStats",
     "QueueFull",
+    "RemotePublisher",
     "Resume",
     "SQLiteJournal",
     "SSEBatcherError",
@@ -52,4 +58,5 @@ __all__ = [
     "__version__",
     "batch_type_for",
     "create_app",
+    "in_publisher_context",
 ]

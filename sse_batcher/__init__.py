@@ -21,8 +21,11 @@ from ._exceptions import (
 )
 from ._hub import Hub
 from ._journal import Journal, Resume
+from ._log_handler import BatchLogHandler
+from ._mixin import EmitStats, SSEBroadcasterMixin
 from ._publish_model import PublisherStats, in_publisher_context
 from ._publisher import RemotePublisher
+from ._redis_journal import RedisJournal
 from ._sink import Sink
 from ._sqlite_journal import SQLiteJournal
 from ._stats import BatcherStats, WorkerInfo
@@ -32,9 +35,11 @@ __version__ = "0.1.0"
 __all__ = [
     "AggregationRule",
     "AsyncRemotePublisher",
+    "BatchLogHandler",
     "BatcherClosed",
     "BatcherStats",
     "ConfigError",
+    "EmitStats",
     "EncodedEvent",
     "Event",
     "Hub",
@@ -47,10 +52,12 @@ __all__ = [
     "PublishError",
     "PublisherStats",
     "QueueFull",
+    "RedisJournal",
     "RemotePublisher",
     "Resume",
     "SQLiteJournal",
     "SSEBatcherError",
+    "SSEBroadcasterMixin",
     "SSEEventBatcher",
     "Sink",
     "StoredEvent",

@@ -94,7 +94,8 @@ class AggregationRule:
             there, not the subject); ``()`` means no entity.
         batch_type: name of the batch event; default ``batch_type_for(type)``.
         immediate: flush at once (with everything before it). Events whose data
-            has ``"level": "error"`` are immediate whatever the rule says.
+            has ``"level": "error"`` or ``"critical"`` are immediate whatever the
+            rule says.
         persist: False for stream-only events: delivered live, never stored.
     """
 
@@ -133,6 +134,7 @@ class AggregationRule:
 
 
 _DEFAULT_RULE = AggregationRule()
+_IMMEDIATE_LEVELS = frozenset(("error", "critical"))
 _RULE_CACHE_LIMIT = 10_000
 
 
@@ -258,7 +260,7 @@ class Aggregator:
         index, rule = self._rules.rule_for(member.type, member.source)
         data = member.data
         entities = self._entities(rule, data)
-        immediate = rule.immediate or data.get("level") == "error"
+        immediate = rule.immediate or data.get("level") in _IMMEDIATE_LEVELS
         self.members_held += 1
 
         if rule.mode == "passthrough" or not member.batching:

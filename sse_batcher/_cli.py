@@ -25,7 +25,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
-from . import _publish_cli
+from . import _demo_cli, _publish_cli
 from ._exceptions import ConfigError, SSEBatcherError
 
 __all__ = [
@@ -367,6 +367,7 @@ def _subcommands(subparsers: Any) -> None:
     )
     add_server_options(serve)
     serve.set_defaults(func=_serve)
+    _demo_cli.add_parser(subparsers)
     _publish_cli.add_parser(subparsers)
 
 

@@ -164,7 +164,12 @@ _OPTIONS = (
         switch=True,
     ),
     _Option(
-        "--dead-letter", _text, None, "JSON-lines file for batches the journal refused", "PATH"
+        "--dead-letter",
+        _text,
+        None,
+        "JSON-lines file for batches the journal refused; re-appended when it recovers "
+        "and at the next start (default: beside --db, or <redis-prefix>-dead-letter.jsonl)",
+        "PATH",
     ),
     _Option("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
 )
@@ -182,7 +187,10 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server options (each also from SSE_BATCHER_<NAME>)")
     for option in _OPTIONS:
         shown = "off" if option.default in (None, (), False) else option.default
-        text = f"{option.help} (default: {shown}; env {option.env})"
+        if "(default:" in option.help:  # the option explains its own default
+            text = f"{option.help[:-1]}; env {option.env})"
+        else:
+            text = f"{option.help} (default: {shown}; env {option.env})"
         if option.switch:
             group.add_argument(option.flag, action="store_const", const="true", help=text)
         elif option.repeat:
@@ -212,6 +220,15 @@ class ServerSettings:
     durable_ingest: bool
     dead_letter: str | None
     log_level: str
+
+    @property
+    def dead_letter_path(self) -> str:
+        """``--dead-letter``, or a file beside the journal so nothing lives only in memory."""
+        if self.dead_letter is not None:
+            return self.dead_letter
+        if self.redis_url is not None:
+            return f"{self.redis_prefix}-dead-letter.jsonl"
+        return f"{self.db}.dead-letter.jsonl"
 
 
 def _resolve(option: _Option, given: Any) -> Any:
@@ -277,7 +294,7 @@ def build_app(args: argparse.Namespace) -> Starlette:
         journal,
         window=settings.window_ms / 1000,
         max_batch=settings.max_batch,
-        dead_letter_path=settings.dead_letter,
+        dead_letter_path=settings.dead_letter_path,
         sinks=sinks,
     )
     return create_app(

@@ -146,7 +146,7 @@ def _build(args: argparse.Namespace, db: str) -> tuple[Starlette, dict[str, Any]
         rules=DEMO_RULES,
         window=settings.window_ms / 1000,
         max_batch=settings.max_batch,
-        dead_letter_path=settings.dead_letter,
+        dead_letter_path=settings.dead_letter_path,
     )
     app = create_app(
         batcher,

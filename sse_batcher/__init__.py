@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ._aggregation import AggregationRule, batch_type_for
 from ._app import create_app
+from ._archive import ArchiveSink
 from ._async_publisher import AsyncRemotePublisher
 from ._batcher import SSEEventBatcher
 from ._events import EncodedEvent, Event, Position, StoredEvent
@@ -26,7 +27,7 @@ from ._mixin import EmitStats, SSEBroadcasterMixin
 from ._publish_model import PublisherStats, in_publisher_context
 from ._publisher import RemotePublisher
 from ._redis_journal import RedisJournal
-from ._sink import Sink
+from ._sink import Sink, SinkSet
 from ._sqlite_journal import SQLiteJournal
 from ._stats import BatcherStats, WorkerInfo
 
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AggregationRule",
+    "ArchiveSink",
     "AsyncRemotePublisher",
     "BatchLogHandler",
     "BatcherClosed",
@@ -60,6 +62,7 @@ __all__ = [
     "SSEBroadcasterMixin",
     "SSEEventBatcher",
     "Sink",
+    "SinkSet",
     "StoredEvent",
     "WorkerInfo",
     "__version__",

@@ -18,6 +18,7 @@ order. That group is sealed and the event opens a new group at the end.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -243,8 +244,9 @@ class Aggregator:
         self._rules = rules
         self._window = window
         self._max_batch = max_batch
-        self._groups: list[_Group] = []  # first-event order; leaves from the front
-        self._front = 0  # index of the first group still held in self._groups
+        # First-event order; groups leave from the front only, and nothing keeps a
+        # finished group (or its members' data) alive once it has left.
+        self._groups: deque[_Group] = deque()
         self._open: dict[tuple[Hashable, ...], _Group] = {}
         self._entity_serial: dict[_Entity, int] = {}
         self._serial = 0
@@ -312,32 +314,29 @@ class Aggregator:
     def next_deadline(self) -> float | None:
         """When ``ready`` next has something: None when nothing is held; a time
         in the past (``-inf``) when the front group is already sealed."""
-        if self._front >= len(self._groups):
+        if not self._groups:
             return None
-        front = self._groups[self._front]
+        front = self._groups[0]
         return float("-inf") if front.sealed else front.deadline
 
     def oldest_seq(self) -> int | None:
         """A lower bound of the emit sequence numbers still held (None: nothing held)."""
-        if self._front >= len(self._groups):
+        if not self._groups:
             return None
-        return self._groups[self._front].first_seq
+        return self._groups[0].first_seq
 
     def ready(self, now: float) -> list[Flushed]:
         """Seal groups whose window has ended and pop every sealed group at the front."""
         out: list[Flushed] = []
         groups = self._groups
-        while self._front < len(groups):
-            group = groups[self._front]
+        while groups:
+            group = groups[0]
             if group.sealed is None:
                 if group.deadline > now:
                     break
                 self._seal(group, "time")
-            self._front += 1
+            groups.popleft()
             out.append(Flushed(self._finish(group), group.first_seq))
-        if self._front > 1024 and self._front * 2 > len(groups):
-            del groups[: self._front]
-            self._front = 0
         return out
 
     # -- internals -----------------------------------------------------------------
@@ -405,18 +404,34 @@ class Aggregator:
             del self._open[group.key]
 
     def _seal_through(self, serial: int) -> None:
-        for group in self._groups[self._front :]:
+        for group in self._groups:
             if group.serial > serial:
                 break
             self._seal(group, "immediate")
 
-    def _finish(self, group: _Group) -> EncodedEvent:
+    def drop_oldest(self, n: int) -> int:
+        """Drop whole groups from the front until ``n`` members are gone (the
+        ``drop_oldest`` overflow policy); returns how many members were dropped."""
+        dropped = 0
+        while dropped < n and self._groups:
+            group = self._groups.popleft()
+            if self._open.get(group.key) is group:
+                del self._open[group.key]
+            dropped += len(self._release(group))
+        return dropped
+
+    def _release(self, group: _Group) -> list[Member]:
+        """Forget a group that left the front; returns its members."""
         for entity in group.entities:
             if self._entity_serial.get(entity) == group.serial:
                 del self._entity_serial[entity]
         members = group.ordered_members()
         self.members_held -= len(members)
         self.bytes_held -= sum(len(m.data_json) for m in members)
+        return members
+
+    def _finish(self, group: _Group) -> EncodedEvent:
+        members = self._release(group)
         first = members[0]
         if len(members) == 1:
             uid = first.uid

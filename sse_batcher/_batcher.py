@@ -512,6 +512,10 @@ class SSEEventBatcher:
             self._pending += n
             wake = not self._wake_scheduled
             self._wake_scheduled = True
+        if self._shed and threading.get_ident() == self._loop_thread:
+            # Ingest runs on the loop: pay the drop_oldest debt now, so the bound
+            # holds between two assembler cycles too.
+            self._pay_shed_debt()
         if wake:
             self._schedule_wake()
 
@@ -524,13 +528,15 @@ class SSEEventBatcher:
                 f"the batcher holds {self._pending} events / {self._pending_bytes} bytes "
                 f"(bounds {self._max_events} / {self._max_bytes}); the journal is behind"
             )
-        for _ in range(n):
-            if self._inbox:
-                self._inbox.popleft()
-                self._pending -= 1
-                self._dropped_oldest += 1
-            else:
-                self._shed += 1  # the assembler drops from its own structures
+        excess = max(self._pending + n - self._max_events, 0)
+        if self._pending_bytes >= self._max_bytes:
+            excess = max(excess, n)
+        while excess and self._inbox:
+            self._inbox.popleft()
+            self._pending -= 1
+            self._dropped_oldest += 1
+            excess -= 1
+        self._shed += excess  # older events are past the inbox: the loop drops them
 
     def _schedule_wake(self) -> None:
         loop = self._loop
@@ -636,17 +642,28 @@ class SSEEventBatcher:
         if gone:
             self._release(gone)
         if shed:
-            self._shed_oldest(shed)
+            self._shed_oldest(shed)  # emitted from threads: paid here, once per cycle
 
     def _shed_oldest(self, n: int) -> None:
-        """drop_oldest when the inbox was empty: drop the oldest queued writes."""
+        """drop_oldest when the inbox was empty: drop the oldest events held past it,
+        queued writes first (they are older than any open group), then groups."""
         dropped = 0
         while dropped < n and self._write_queue:
             flushed = self._write_queue.popleft()
             dropped += flushed.item.members
             self._queued_bytes -= len(flushed.item.data_json)
-            self._release(flushed.item.members)
-        self._counts["shed"] += dropped
+        if dropped < n:
+            dropped += self._aggregator.drop_oldest(n - dropped)
+        if dropped:
+            self._counts["shed"] += dropped
+            self._release(dropped)
+            self._update_bytes()
+
+    def _pay_shed_debt(self) -> None:
+        with self._lock:
+            debt, self._shed = self._shed, 0
+        if debt:
+            self._shed_oldest(debt)
 
     def _release(self, events: int) -> None:
         """``events`` left the pipeline (written, dropped or dead-lettered)."""

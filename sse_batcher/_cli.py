@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,14 @@ _OPTIONS = (
     _Option("--cors-origin", _origin, (), "allowed CORS origin; repeatable", "ORIGIN", repeat=True),
     _Option("--max-subscribers", _int_in(1, 1_000_000), 10_000, "open streams allowed", "N"),
     _Option("--heartbeat", _positive_float, 15.0, "seconds between idle heartbeats", "SECONDS"),
+    _Option(
+        "--send-timeout",
+        _positive_float,
+        30.0,
+        "seconds a client may leave sent data unread (or unacknowledged) before the "
+        "kernel drops its connection",
+        "SECONDS",
+    ),
     _Option("--retention-days", _positive_float, 10.0, "days the journal keeps events", "DAYS"),
     _Option("--redis-url", _redis_url, None, "use a Redis Stream journal instead of SQLite", "URL"),
     _Option("--redis-prefix", _text, "sse_batcher", "key prefix in Redis", "PREFIX"),
@@ -213,6 +222,7 @@ class ServerSettings:
     cors_origin: tuple[str, ...]
     max_subscribers: int
     heartbeat: float
+    send_timeout: float
     retention_days: float
     redis_url: str | None
     redis_prefix: str
@@ -308,18 +318,51 @@ def build_app(args: argparse.Namespace) -> Starlette:
     )
 
 
-def run_server(app: Starlette, host: str, port: int, *, log_level: str = "info") -> bool:
+def listening_socket(host: str, port: int, *, send_timeout: float) -> socket.socket:
+    """A bound, listening TCP socket whose connections give up on stuck peers.
+
+    ``TCP_USER_TIMEOUT`` (Linux; inherited by accepted sockets) makes the kernel
+    drop a connection whose sent data stays unacknowledged, or unsent because the
+    peer's window is zero, for ``send_timeout`` seconds: a client that stopped
+    reading or whose network vanished. uvicorn closes a failed response with
+    ``transport.close()``, which waits for the peer to read, so without this such
+    a socket and its buffers would stay open for good.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    sock = socket.create_server((host, port), backlog=2048, reuse_port=False)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout * 1000))
+    return sock
+
+
+def run_server(
+    app: Starlette,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    send_timeout: float = 30.0,
+) -> bool:
     """Serve ``app`` with uvicorn (uvloop + httptools) until SIGINT or SIGTERM.
 
     The app's lifespan drains the batcher before this returns. Returns False when
-    the app failed to start (uvicorn has logged why).
+    the app failed to start (the reason is logged).
 
     Args:
         app: the ASGI app (from :func:`build_app` or ``create_app``).
         host: interface to listen on.
         port: TCP port.
         log_level: uvicorn's log level.
+        send_timeout: seconds a client may leave sent data unread before its
+            connection is dropped (see :func:`listening_socket`).
     """
+    try:
+        sock = listening_socket(host, port, send_timeout=send_timeout)
+    except OSError as exc:
+        logging.getLogger("sse_batcher.cli").error("cannot listen on %s:%s: %s", host, port, exc)
+        return False
     config = uvicorn.Config(
         app,
         host=host,
@@ -340,7 +383,7 @@ def run_server(app: Starlette, host: str, port: int, *, log_level: str = "info")
 
     previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit as exc:
         # uvicorn exits with STARTUP_FAILURE when the lifespan startup fails (journal
         # cannot open) or the port cannot be bound; it has logged the reason.
@@ -348,6 +391,7 @@ def run_server(app: Starlette, host: str, port: int, *, log_level: str = "info")
             raise
         return False
     finally:
+        sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return server.started
@@ -359,7 +403,13 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = build_app(args)
-    if not run_server(app, settings.host, settings.port, log_level=settings.log_level):
+    if not run_server(
+        app,
+        settings.host,
+        settings.port,
+        log_level=settings.log_level,
+        send_timeout=settings.send_timeout,
+    ):
         print(
             "sse-batcher serve: error: the server did not start (see the log above)",
             file=sys.stderr,

@@ -211,7 +211,13 @@ def run(args: argparse.Namespace) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         app, state = _build(args, settings.db)
-        if not run_server(app, settings.host, settings.port, log_level=settings.log_level):
+        if not run_server(
+            app,
+            settings.host,
+            settings.port,
+            log_level=settings.log_level,
+            send_timeout=settings.send_timeout,
+        ):
             print(f"{_PROG}: error: the server did not start (see the log above)", file=sys.stderr)
             return 1
     started, stopped = state["started"], state["stopped"]

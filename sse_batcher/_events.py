@@ -67,7 +67,10 @@ def encode_data(data: Mapping[str, Any]) -> bytes:
         raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
     if len(encoded) > MAX_DATA_BYTES:
         raise InvalidEvent(f"data is {len(encoded)} bytes encoded; the limit is {MAX_DATA_BYTES}")
-    return encoded
+    # orjson returns its whole output buffer (about 4 KiB however short the JSON):
+    # held for a window by 100,000 pending events that is 400 MB, so keep an
+    # exact-size copy (~0.3 µs). https://github.com/ijl/orjson/issues/483
+    return bytes(memoryview(encoded))
 
 
 @dataclass(frozen=True, slots=True)

@@ -356,3 +356,20 @@ async def test_drain_deadline_dead_letters_what_it_cannot_write(tmp_path: Path) 
         stats = batcher.stats()
         assert stats.dead_letter_pending == 7
         assert stats.events_in == stats.members_out + stats.dead_letter_pending
+
+
+async def test_drop_oldest_reaches_events_already_grouped(tmp_path: Path) -> None:
+    async with running(
+        tmp_path / "j.db", window=30, max_pending_events=3, overflow="drop_oldest"
+    ) as (_, batcher, tail):
+        batcher.offer([Event.create("A", {"n": n}, source="s") for n in range(3)])
+        with anyio.fail_after(5):  # the assembler takes them into a group
+            while batcher.stats().queue_bytes == 0:
+                await anyio.lowlevel.checkpoint()
+        batcher.offer([Event.create("B", {"n": n}, source="s") for n in (3, 4)])
+        assert batcher.stats().queue_depth <= 3  # paid at once, not at the next cycle
+        await batcher.flush()
+        assert sorted(m["n"] for m in tail.members()) == [3, 4]
+        stats = batcher.stats()
+        assert stats.dropped["drop_oldest"] == 3  # the whole oldest group went
+        assert stats.events_in == stats.members_out + stats.dropped_total

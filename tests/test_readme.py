@@ -23,3 +23,23 @@ def test_first_example_prints_one_batch_event(tmp_path: Path) -> None:
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, result.stdout
     assert "JOBS_BATCH_STARTED" in lines[0] and "[123, 124, 125]" in lines[0]
+
+
+def test_every_name_the_readme_imports_is_exported() -> None:
+    import sse_batcher
+
+    names = {
+        name.strip()
+        for line in re.findall(r"from sse_batcher import ([\w, ]+)", README.read_text())
+        for name in line.split(",")
+    }
+    assert names, "the README imports nothing from sse_batcher"
+    assert names <= set(sse_batcher.__all__), names - set(sse_batcher.__all__)
+
+
+def test_every_make_target_the_readme_names_exists() -> None:
+    makefile = (README.parent / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z]+):", makefile, re.M))
+    named = set(re.findall(r"`make (\w+)", README.read_text()))
+    assert {"demo", "test"} <= named
+    assert named <= targets, named - targets

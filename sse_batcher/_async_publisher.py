@@ -8,7 +8,6 @@ sender is a task in the publisher's own task group, requests go through
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._exceptions import BatcherClosed
 from ._publish_core import PublisherCore
-from ._publish_model import IN_SENDER, Io, Post, PublisherConfig, PublisherStats, Wait
+from ._publish_model import IN_SENDER, Io, Post, PublisherFrontEnd, Wait
 from ._publisher import AT_EXIT_TIMEOUT, error_result, request_headers, response_result
 
 __all__ = ["AsyncRemotePublisher"]
@@ -31,7 +30,9 @@ __all__ = ["AsyncRemotePublisher"]
 logger = logging.getLogger("sse_batcher.publisher")
 
 
-class AsyncRemotePublisher(anyio.AsyncContextManagerMixin):
+class AsyncRemotePublisher(
+    anyio.AsyncContextManagerMixin, PublisherFrontEnd[httpx.AsyncBaseTransport]
+):
     """The anyio twin of :class:`RemotePublisher`: same arguments, same semantics.
 
     The sender runs as a task in the publisher's own task group; spool file work
@@ -49,36 +50,7 @@ class AsyncRemotePublisher(anyio.AsyncContextManagerMixin):
         transport: an ``httpx.AsyncBaseTransport``; the others as for ``RemotePublisher``.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        token: str | None = None,
-        source: str | None = None,
-        max_batch_size: int = 10,
-        flush_interval: float = 2.0,
-        spool_after: float | None = 30.0,
-        spool: bool = True,
-        spool_path: str | os.PathLike[str] | None = None,
-        max_buffer_events: int = 10_000,
-        timeout: float = 10.0,
-        max_backoff: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._config = PublisherConfig(
-            url=url,
-            token=token,
-            source=source,
-            max_batch_size=max_batch_size,
-            flush_interval=flush_interval,
-            spool_after=spool_after,
-            spool=spool,
-            spool_path=spool_path,
-            max_buffer_events=max_buffer_events,
-            timeout=timeout,
-            max_backoff=max_backoff,
-        )
-        self._transport = transport
+    def _setup(self) -> None:
         self._state = "unopened"
         self._loop_thread = -1
         self._wake = anyio.Event()
@@ -153,11 +125,7 @@ class AsyncRemotePublisher(anyio.AsyncContextManagerMixin):
             if verdict == "spill_now" or (verdict == "spill" and self._tg is None):
                 # The background spill did not keep up (or there is none yet): keep
                 # memory bounded at the price of one blocking write here.
-                token = IN_SENDER.set(True)
-                try:
-                    self._core.spill()
-                finally:
-                    IN_SENDER.reset(token)
+                self._spill_here()
             elif verdict == "spill" and self._in_loop() and not self._spilling:
                 assert self._tg is not None
                 self._spilling = True
@@ -225,15 +193,6 @@ class AsyncRemotePublisher(anyio.AsyncContextManagerMixin):
             self._scope.cancel()
             await self._stopped.wait()
         self._state = "closed"
-
-    def stats(self) -> PublisherStats:
-        """A snapshot of the counters."""
-        return self._core.stats()
-
-    @property
-    def spool_path(self) -> str | None:
-        """The spool file in use (None without a spool)."""
-        return self._core.spool_file
 
     # ------------------------------------------------------------------ the sender task
 

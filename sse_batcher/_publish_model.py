@@ -1,6 +1,8 @@
 """Values the publishers share: settings, statistics, the effects the core yields, and
 the pure helpers that read a server's answer (``Retry-After``, error bodies) and
 write the wire form of an event (the body of a single POST and one spool line).
+Also :class:`PublisherFrontEnd`, the base of both front ends: their arguments and
+what they do the same way around the core.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
 from ._events import check_name, encode_data
 from ._exceptions import ConfigError
 from ._spool import default_spool_path
+
+if TYPE_CHECKING:
+    from ._publish_core import PublisherCore
 
 __all__ = [
     "IN_SENDER",
@@ -29,6 +34,7 @@ __all__ = [
     "Io",
     "Post",
     "PublisherConfig",
+    "PublisherFrontEnd",
     "PublisherStats",
     "Retry",
     "Wait",
@@ -42,6 +48,8 @@ __all__ = [
 
 MAX_RETRY_AFTER = 600.0
 RETRY_STATUSES = frozenset({408, 425, 429})  # and every 5xx
+
+_TransportT = TypeVar("_TransportT")
 
 # Set in a publisher's sender thread or task (and the worker threads it starts).
 IN_SENDER: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -251,3 +259,70 @@ def encode_event(
         }
     )
     return head[:-1] + b',"data":' + data_json + b"}"
+
+
+class PublisherFrontEnd(Generic[_TransportT]):
+    """The base of ``RemotePublisher`` and ``AsyncRemotePublisher``: one set of arguments.
+
+    ``__init__`` validates the arguments into ``self._config``, keeps the transport
+    (an ``httpx.BaseTransport`` or an ``httpx.AsyncBaseTransport``, by front end),
+    then calls :meth:`_setup`, where the front end makes ``self._core``. The
+    arguments are documented on the front ends.
+    """
+
+    _core: PublisherCore
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        source: str | None = None,
+        max_batch_size: int = 10,
+        flush_interval: float = 2.0,
+        spool_after: float | None = 30.0,
+        spool: bool = True,
+        spool_path: str | os.PathLike[str] | None = None,
+        max_buffer_events: int = 10_000,
+        timeout: float = 10.0,
+        max_backoff: float = 30.0,
+        transport: _TransportT | None = None,
+    ) -> None:
+        self._config = PublisherConfig(
+            url=url,
+            token=token,
+            source=source,
+            max_batch_size=max_batch_size,
+            flush_interval=flush_interval,
+            spool_after=spool_after,
+            spool=spool,
+            spool_path=spool_path,
+            max_buffer_events=max_buffer_events,
+            timeout=timeout,
+            max_backoff=max_backoff,
+        )
+        self._transport = transport
+        self._setup()
+
+    def _setup(self) -> None:
+        """Make ``self._core`` and whatever the front end's sender needs (end of ``__init__``)."""
+        raise NotImplementedError
+
+    def stats(self) -> PublisherStats:
+        """A snapshot of the counters."""
+        return self._core.stats()
+
+    @property
+    def spool_path(self) -> str | None:
+        """The spool file in use (None without a spool)."""
+        return self._core.spool_file
+
+    def _spill_here(self) -> None:
+        """Move memory to the spool in the caller's thread, marked as the sender."""
+        # Marked as the sender: publish() drops what the spill itself logs (a logging
+        # handler on this publisher would otherwise feed it back into the buffer).
+        token = IN_SENDER.set(True)
+        try:
+            self._core.spill()
+        finally:
+            IN_SENDER.reset(token)

@@ -28,8 +28,7 @@ from ._publish_model import (
     HttpResult,
     Io,
     Post,
-    PublisherConfig,
-    PublisherStats,
+    PublisherFrontEnd,
     Wait,
     in_publisher_context,
 )
@@ -70,7 +69,7 @@ def error_result(exc: BaseException) -> HttpResult:
     return HttpResult(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-class RemotePublisher:
+class RemotePublisher(PublisherFrontEnd[httpx.BaseTransport]):
     """Send events to an sse_batcher server from another process, batched, over HTTP.
 
     Events are buffered and posted to ``POST {url}/events`` as one batch when
@@ -110,36 +109,7 @@ class RemotePublisher:
         transport: an ``httpx.BaseTransport`` (tests, custom TLS or proxies).
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        token: str | None = None,
-        source: str | None = None,
-        max_batch_size: int = 10,
-        flush_interval: float = 2.0,
-        spool_after: float | None = 30.0,
-        spool: bool = True,
-        spool_path: str | os.PathLike[str] | None = None,
-        max_buffer_events: int = 10_000,
-        timeout: float = 10.0,
-        max_backoff: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._config = PublisherConfig(
-            url=url,
-            token=token,
-            source=source,
-            max_batch_size=max_batch_size,
-            flush_interval=flush_interval,
-            spool_after=spool_after,
-            spool=spool,
-            spool_path=spool_path,
-            max_buffer_events=max_buffer_events,
-            timeout=timeout,
-            max_backoff=max_backoff,
-        )
-        self._transport = transport
+    def _setup(self) -> None:
         self._closed = False
         self._start()
         ref = weakref.ref(self)
@@ -198,11 +168,7 @@ class RemotePublisher:
                 # Memory is at its bound: move it to the spool here, in the caller's
                 # thread (one fsync per max_buffer_events events), so memory stays bounded
                 # even while the sender waits on a slow request.
-                token = IN_SENDER.set(True)
-                try:
-                    self._core.spill()
-                finally:
-                    IN_SENDER.reset(token)
+                self._spill_here()
         except Exception:  # never into a caller's logging call
             logger.debug("publish failed", exc_info=True)
 
@@ -248,15 +214,6 @@ class RemotePublisher:
                 self._abort = True
                 self._cond.notify_all()
             self._thread.join()
-
-    def stats(self) -> PublisherStats:
-        """A snapshot of the counters."""
-        return self._core.stats()
-
-    @property
-    def spool_path(self) -> str | None:
-        """The spool file in use (None without a spool)."""
-        return self._core.spool_file
 
     def __enter__(self) -> Self:
         if self._closed:

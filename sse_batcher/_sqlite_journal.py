@@ -1,82 +1,48 @@
 """SQLiteJournal: the embedded default journal (one file, WAL, group commit).
 
 One writer connection and one reader connection, each an aiosqlite thread. WAL
-lets replays run on the reader while the writer commits. Every ``append()`` that
-arrives while a transaction is in progress waits for the write lock; the first
-of them to get it writes all the waiting appends in one transaction with one
-``executemany`` (group commit), because an aiosqlite round trip costs about
-60 µs and a transaction per small append would spend most of the time there.
-
-Ids are ``INTEGER PRIMARY KEY AUTOINCREMENT`` values assigned explicitly inside the
-transaction: the current sequence is read under the write lock and the rows get
-``start+1 .. start+n``. So ids are consecutive, never reused after retention
-deletes, and the only gaps are the prefix retention removed.
+lets replays run on the reader while the writer commits. Appends that arrive
+while a transaction is in progress are written together in the next one: group
+commit, in ``_sqlite_commit.py``, which also says how ids are assigned. The
+tables and connections are in ``_sqlite_schema.py``, retention (deleting a
+prefix of the ids) in ``_sqlite_retention.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
 from typing import Any, Self
 
 import aiosqlite
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
-import orjson
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._events import EncodedEvent, Event, Position, StoredEvent
+from ._events import EncodedEvent, Position, StoredEvent
 from ._exceptions import BatcherClosed, ConfigError, JournalUnavailable
 from ._journal import Resume, TailListener, format_event_id, parse_event_id
+from ._sqlite_commit import GroupCommit
+from ._sqlite_retention import Retention
+from ._sqlite_schema import (
+    BOUNDS,
+    SELECT_AFTER,
+    close_quietly,
+    connect,
+    init_schema,
+    preflight,
+    stored_events,
+)
 
 __all__ = ["SQLiteJournal"]
 
 logger = logging.getLogger("sse_batcher.journal")
 
-_SCHEMA = """
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    type TEXT NOT NULL,
-    source TEXT NOT NULL,
-    data TEXT NOT NULL,
-    stored_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS uids (uid TEXT PRIMARY KEY, stored_at REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS uids_stored_at ON uids (stored_at);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
-INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', '{epoch}');
-COMMIT;
-"""
-# The newest id ever assigned: sqlite_sequence survives deletes, max(id) covers a table
-# whose rows were written by something that bypassed AUTOINCREMENT.
-_SEQUENCE = (
-    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
-    " coalesce((SELECT max(id) FROM events), 0))"
-)
-# data is stored as TEXT (so json_extract works on it) without a decode/encode round
-# trip in Python: the bytes are cast in SQL and cast back on read, byte-for-byte.
-_INSERT = (
-    "INSERT INTO events (id, ts, type, source, data, stored_at)"
-    " VALUES (?, ?, ?, ?, CAST(? AS TEXT), ?)"
-)
-_INSERT_UID = "INSERT OR REPLACE INTO uids (uid, stored_at) VALUES (?, ?)"
-_SELECT_AFTER = (
-    "SELECT id, ts, type, source, CAST(data AS BLOB) FROM events WHERE id > ? ORDER BY id LIMIT ?"
-)
-_BOUNDS = f"SELECT (SELECT min(id) FROM events), ({_SEQUENCE})"
-_DELETE_CHUNK = 5_000
-_UID_RETENTION = 3600.0
 _CLOSE_TIMEOUT = 10.0
 _COUNTERS = """appends transactions rows_written uids_written stream_only
     max_appends_per_transaction last_append_ms failures rows_deleted uids_deleted
@@ -88,16 +54,6 @@ class _State(Enum):
     OPENING = "opening"
     OPEN = "open"
     CLOSED = "closed"
-
-
-@dataclass(eq=False, slots=True)
-class _Append:
-    """One append() call waiting for (or taken into) a transaction."""
-
-    events: Sequence[EncodedEvent]
-    taken: bool = False
-    result: list[StoredEvent] = field(default_factory=list)
-    error: BaseException | None = None
 
 
 class SQLiteJournal:
@@ -131,19 +87,13 @@ class SQLiteJournal:
         self._path = os.fspath(path)
         if not self._path or self._path == ":memory:" or self._path.startswith("file:"):
             raise ConfigError(f"SQLiteJournal needs a file path, not {self._path!r}")
-        if retention_seconds is not None and not retention_seconds > 0:
-            raise ConfigError(f"retention_seconds must be > 0 or None, not {retention_seconds!r}")
-        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)):
-            raise ConfigError(f"max_rows must be an int or None, not {max_rows!r}")
-        if max_rows is not None and max_rows < 1:
-            raise ConfigError(f"max_rows must be >= 1 or None, not {max_rows}")
-        if not cleanup_interval > 0:
-            raise ConfigError(f"cleanup_interval must be > 0 seconds, not {cleanup_interval!r}")
+        self._retention = Retention(
+            retention_seconds=retention_seconds,
+            max_rows=max_rows,
+            cleanup_interval=cleanup_interval,
+        )
         if not 0 <= busy_timeout <= 3600:
             raise ConfigError(f"busy_timeout must be 0..3600 seconds, not {busy_timeout!r}")
-        self._retention = retention_seconds
-        self._max_rows = max_rows
-        self._cleanup_interval = float(cleanup_interval)
         self._busy_timeout = float(busy_timeout)
         self._clock = clock
         self._state = _State.UNOPENED
@@ -154,9 +104,17 @@ class SQLiteJournal:
         self._closing = anyio.Event()
         self._write_lock = anyio.Lock()
         self._cleanup_lock = anyio.Lock()
-        self._waiting: list[_Append] = []
-        self._listeners: list[tuple[object, TailListener]] = []
         self._counters: dict[str, float] = dict.fromkeys(_COUNTERS.split(), 0)
+        self._commits = GroupCommit(
+            path=self._path,
+            write_lock=self._write_lock,
+            writer=lambda: self._writer if self._is_open() else None,
+            epoch=lambda: self._epoch,
+            clock=clock,
+            counters=self._counters,
+            on_commit=self._publish,
+        )
+        self._listeners: list[tuple[object, TailListener]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -184,10 +142,10 @@ class SQLiteJournal:
         try:
             # aiosqlite's own failed-connect path leaves its thread to report to the
             # event loop later; a plain sqlite3 open in a worker thread fails cleanly first.
-            await anyio.to_thread.run_sync(self._preflight)
-            self._writer = await self._connect()
-            self._epoch = await self._init_schema(self._writer)
-            self._reader = await self._connect()
+            await anyio.to_thread.run_sync(preflight, self._path, self._busy_timeout)
+            self._writer = await connect(self._path, self._busy_timeout)
+            self._epoch = await init_schema(self._writer)
+            self._reader = await connect(self._path, self._busy_timeout)
             await self._reader.execute("PRAGMA query_only = 1")
         except (sqlite3.Error, OSError) as exc:
             await self._close_connections()
@@ -199,7 +157,7 @@ class SQLiteJournal:
             raise
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        await self._task_group.start(self._cleanup_loop)
+        await self._task_group.start(self._retention.run, self.cleanup, self._path)
         self._state = _State.OPEN
         return self
 
@@ -224,39 +182,15 @@ class SQLiteJournal:
                 await self._close_connections()
         self._state = _State.CLOSED
 
-    def _preflight(self) -> None:
-        sqlite3.connect(self._path, timeout=self._busy_timeout).close()
-
-    async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: the sqlite3 module issues no implicit BEGIN; we say
-        # BEGIN IMMEDIATE ourselves so the write lock is taken before reading the sequence.
-        conn = await aiosqlite.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            mode = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
-            if str(mode[0][0]).lower() != "wal":
-                logger.warning("%s: journal_mode is %s, not WAL", self._path, mode[0][0])
-            await conn.execute("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    async def _init_schema(conn: aiosqlite.Connection) -> str:
-        await conn.executescript(_SCHEMA.format(epoch=secrets.token_hex(4)))
-        rows = list(await conn.execute_fetchall("SELECT value FROM meta WHERE key = 'epoch'"))
-        return str(rows[0][0])
-
     async def _close_connections(self) -> None:
         for name in ("_reader", "_writer"):
             conn: aiosqlite.Connection | None = getattr(self, name)
             setattr(self, name, None)
             if conn is not None:
-                try:
-                    await conn.close()
-                except Exception:  # the file may be gone; the thread still stops
-                    logger.warning("%s: error closing connection", self._path, exc_info=True)
+                await close_quietly(conn, self._path)
+
+    def _is_open(self) -> bool:
+        return self._state is _State.OPEN
 
     def _require_open(self) -> None:
         if self._state is not _State.OPEN:
@@ -290,108 +224,12 @@ class SQLiteJournal:
         self._counters["appends"] += 1
         if not events:
             return []
-        request = _Append(events)
-        self._waiting.append(request)
-        try:
-            async with self._write_lock:
-                if not request.taken:
-                    await self._write_waiting()
-        except BaseException:
-            if not request.taken:  # cancelled before any transaction took it
-                self._waiting.remove(request)
-            raise
-        if request.error is not None:
-            error = request.error
-            if isinstance(error, BatcherClosed):
-                raise BatcherClosed(str(error))
-            raise JournalUnavailable(f"{self._path}: {error}") from error
-        return request.result
+        return await self._commits.append(events)
 
-    async def _write_waiting(self) -> None:
-        """Write every waiting append in one transaction, then publish (lock held)."""
-        batch, self._waiting = self._waiting, []
-        for request in batch:
-            request.taken = True
-        if self._state is not _State.OPEN or self._writer is None:
-            for request in batch:
-                request.error = BatcherClosed(f"SQLiteJournal({self._path!r}) is closed")
-            return
-        # Shielded: the other callers in this group depend on it finishing, and an
-        # abandoned aiosqlite call would leave the transaction state unknown.
-        with anyio.CancelScope(shield=True):
-            started = time.perf_counter()
-            try:
-                await self._transaction(self._writer, batch)
-            except (sqlite3.Error, OSError, ValueError) as exc:
-                # ValueError: aiosqlite's "Connection closed" / "no active connection".
-                self._counters["failures"] += 1
-                logger.warning("%s: append of %d failed: %s", self._path, len(batch), exc)
-                for request in batch:
-                    request.error = exc
-                    request.result = []
-                return
-            self._counters["last_append_ms"] = (time.perf_counter() - started) * 1000.0
-        self._publish(batch)
-
-    async def _transaction(self, writer: aiosqlite.Connection, batch: list[_Append]) -> None:
-        rows: list[tuple[int, float, str, str, bytes, float]] = []
-        uid_rows: list[tuple[str, float]] = []
-        persisted = sum(1 for r in batch for e in r.events if e.persist)
-        stored_at = self._clock()
-        began = False
-        try:
-            next_id = 0
-            if persisted:
-                await writer.execute("BEGIN IMMEDIATE")
-                began = True
-                next_id = int(next(iter(await writer.execute_fetchall(_SEQUENCE)))[0])
-            for request in batch:
-                result = request.result = []
-                for encoded in request.events:
-                    event = encoded.event
-                    if not encoded.persist:
-                        result.append(StoredEvent(None, None, event, encoded.data_json))
-                        continue
-                    next_id += 1
-                    position = Position(next_id)
-                    rows.append(
-                        (next_id, event.ts, event.type, event.source, encoded.data_json, stored_at)
-                    )
-                    if encoded.uids:
-                        uid_rows.extend((uid, stored_at) for uid in encoded.uids)
-                    result.append(
-                        StoredEvent(
-                            format_event_id(self._epoch, position, two_part=False),
-                            position,
-                            event,
-                            encoded.data_json,
-                        )
-                    )
-            if began:
-                await writer.executemany(_INSERT, rows)
-                if uid_rows:
-                    await writer.executemany(_INSERT_UID, uid_rows)
-                await writer.execute("COMMIT")
-                began = False
-        finally:
-            if began:
-                try:
-                    await writer.rollback()
-                except Exception:
-                    logger.warning("%s: rollback failed", self._path, exc_info=True)
-        counters = self._counters
-        counters["transactions"] += 1 if persisted else 0
-        counters["rows_written"] += len(rows)
-        counters["uids_written"] += len(uid_rows)
-        counters["stream_only"] += sum(len(r.events) for r in batch) - len(rows)
-        counters["max_appends_per_transaction"] = max(
-            counters["max_appends_per_transaction"], len(batch)
-        )
-
-    def _publish(self, batch: list[_Append]) -> None:
+    def _publish(self, results: list[list[StoredEvent]]) -> None:
         if not self._listeners:
             return
-        events = tuple(stored for request in batch for stored in request.result)
+        events = tuple(stored for result in results for stored in result)
         for _token, deliver in tuple(self._listeners):
             try:
                 deliver(events)
@@ -429,42 +267,28 @@ class SQLiteJournal:
             after: the position already seen, or None.
             limit: at most this many events.
         """
-        _, reader = self._conns()
+        self._require_open()
         if limit <= 0:
             return []
         start = 0 if after is None else after.major
+        return stored_events(self._epoch, await self._query(SELECT_AFTER, (start, limit)))
+
+    async def _query(self, sql: str, params: tuple[float, ...] = ()) -> list[Any]:
+        """Rows of one read on the reader connection; SQLite errors as JournalUnavailable."""
+        _, reader = self._conns()
         try:
-            rows = await reader.execute_fetchall(_SELECT_AFTER, (start, limit))
+            return list(await reader.execute_fetchall(sql, params))
         except (sqlite3.Error, OSError) as exc:
             raise JournalUnavailable(f"{self._path}: {exc}") from exc
-        epoch = self._epoch
-        result = []
-        for row_id, ts, type_, source, data in rows:
-            position = Position(row_id)
-            event = Event(type=type_, source=source, data=orjson.loads(data), ts=ts)
-            result.append(
-                StoredEvent(format_event_id(epoch, position, two_part=False), position, event, data)
-            )
-        return result
 
     async def _bounds(self) -> tuple[int | None, int]:
         """(oldest id present or None, newest id ever assigned or 0)."""
-        _, reader = self._conns()
-        try:
-            rows = list(await reader.execute_fetchall(_BOUNDS))
-        except (sqlite3.Error, OSError) as exc:
-            raise JournalUnavailable(f"{self._path}: {exc}") from exc
-        oldest, newest = rows[0]
+        oldest, newest = (await self._query(BOUNDS))[0]
         return (None if oldest is None else int(oldest)), int(newest)
 
     async def newest_id(self) -> str | None:
         """The wire id of the newest stored event, None when there is none."""
-        _, reader = self._conns()
-        try:
-            rows = list(await reader.execute_fetchall("SELECT max(id) FROM events"))
-        except (sqlite3.Error, OSError) as exc:
-            raise JournalUnavailable(f"{self._path}: {exc}") from exc
-        newest = rows[0][0]
+        newest = (await self._query("SELECT max(id) FROM events"))[0][0]
         if newest is None:
             return None
         return format_event_id(self._epoch, Position(int(newest)), two_part=False)
@@ -503,14 +327,9 @@ class SQLiteJournal:
         Args:
             within_seconds: how far back to look.
         """
-        _, reader = self._conns()
+        self._require_open()
         since = self._clock() - within_seconds
-        try:
-            rows = await reader.execute_fetchall(
-                "SELECT uid FROM uids WHERE stored_at >= ?", (since,)
-            )
-        except (sqlite3.Error, OSError) as exc:
-            raise JournalUnavailable(f"{self._path}: {exc}") from exc
+        rows = await self._query("SELECT uid FROM uids WHERE stored_at >= ?", (since,))
         return {str(row[0]) for row in rows}
 
     async def ping(self) -> None:
@@ -545,17 +364,8 @@ class SQLiteJournal:
         async with self._cleanup_lock:
             now = self._clock()
             try:
-                keep_from = await self._first_kept(reader, now)
-                deleted = await self._delete_chunks(
-                    writer,
-                    "DELETE FROM events WHERE id < ? AND id < (SELECT min(id) FROM events) + ?",
-                    (keep_from, _DELETE_CHUNK),
-                )
-                uids = await self._delete_chunks(
-                    writer,
-                    "DELETE FROM uids WHERE uid IN"
-                    " (SELECT uid FROM uids WHERE stored_at < ? LIMIT ?)",
-                    (now - _UID_RETENTION, _DELETE_CHUNK),
+                deleted, uids = await self._retention.apply(
+                    writer, reader, now, write_lock=self._write_lock, is_open=self._is_open
                 )
             except (sqlite3.Error, OSError, ValueError) as exc:
                 self._counters["cleanup_failures"] += 1
@@ -567,55 +377,6 @@ class SQLiteJournal:
                 logger.info("%s: retention deleted %d events", self._path, deleted)
             return deleted
 
-    async def _first_kept(self, reader: aiosqlite.Connection, now: float) -> int:
-        """The smallest id retention keeps: everything below it is deleted."""
-        # Age retention deletes a prefix (ids up to the first young row) so that a
-        # clock step backwards can never punch a hole in the middle of the journal.
-        cutoff = now - self._retention if self._retention is not None else float("-inf")
-        rows = list(
-            await reader.execute_fetchall(
-                "SELECT (SELECT id FROM events WHERE stored_at >= ? ORDER BY id LIMIT 1),"
-                " (SELECT max(id) FROM events)",
-                (cutoff,),
-            )
-        )
-        first_young, newest = rows[0]
-        if newest is None:
-            return 0
-        keep_from = int(newest) + 1 if first_young is None else int(first_young)
-        if self._max_rows is not None:
-            keep_from = max(keep_from, int(newest) - self._max_rows + 1)
-        return keep_from
-
-    async def _delete_chunks(
-        self, writer: aiosqlite.Connection, sql: str, params: tuple[float, int]
-    ) -> int:
-        total = 0
-        while True:
-            # One chunk per write-lock hold: appends wait at most one chunk's delete.
-            async with self._write_lock:
-                if self._state is not _State.OPEN:
-                    return total
-                with anyio.CancelScope(shield=True):
-                    cursor = await writer.execute(sql, params)
-                    count = cursor.rowcount
-                    await cursor.close()
-            total += max(count, 0)
-            if count < _DELETE_CHUNK:
-                return total
-            await anyio.lowlevel.checkpoint()
-
-    async def _cleanup_loop(self, *, task_status: TaskStatus[None]) -> None:
-        task_status.started()
-        delay = min(self._cleanup_interval, 60.0)
-        while True:
-            await anyio.sleep(delay)
-            delay = self._cleanup_interval
-            try:
-                await self.cleanup()
-            except Exception:
-                logger.exception("%s: retention cleanup failed", self._path)
-
     # -- stats ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -624,6 +385,6 @@ class SQLiteJournal:
         for name in ("last_append_ms",):
             stats[name] = round(stats[name], 3)
         stats["listeners"] = len(self._listeners)
-        stats["waiting_appends"] = len(self._waiting)
+        stats["waiting_appends"] = len(self._commits.waiting)
         stats["open"] = 1 if self._state is _State.OPEN else 0
         return stats

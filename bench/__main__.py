@@ -1,0 +1,170 @@
+"""``python -m bench [--quick] [--only NAME ...]``: run the benchmarks, print one table.
+
+Every scenario runs in turn (each bounded in time, loopback only, cleaning up its
+processes and temporary files); a scenario that fails shows up as a NOT met row
+with the error rather than stopping the others. The table marks every target met
+or NOT met; notes under it say what each number is and what limits a missed
+target. Results and the machine they ran on go to ``bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from . import machine_info, row
+
+SCENARIOS = (
+    "writes_saved",
+    "emit_cost",
+    "persist",
+    "slow_storage",
+    "fanout",
+    "latency",
+    "connections",
+    "archive",
+)
+HEADERS = ("bench", "scenario", "metric", "value", "unit", "target", "met")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
+
+
+def format_value(value: float) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Rows as an aligned text table followed by their notes."""
+    cells = [
+        [
+            r["bench"],
+            r["scenario"],
+            r["metric"],
+            format_value(r["value"]),
+            r["unit"],
+            r["target"],
+            ("yes" if r["met"] else "NOT met") if r["target"] != "-" else "",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(HEADERS)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    for c in cells:
+        line = " | ".join(
+            v.rjust(w) if i == 3 else v.ljust(w)
+            for i, (v, w) in enumerate(zip(c, widths, strict=True))
+        )
+        lines.append(line.rstrip())
+    notes = [r for r in rows if r.get("note")]
+    if notes:
+        lines.append("")
+        lines.append("Notes:")
+        for r in notes:
+            mark = "NOT met: " if not r["met"] else ""
+            lines.append(f"- {r['scenario']} / {r['metric']}: {mark}{r['note']}")
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The same rows as a Markdown table (for the README)."""
+    out = ["| scenario | metric | value | unit | target | met |", "|---|---|--:|---|---|---|"]
+    for r in rows:
+        met = ("yes" if r["met"] else "**NOT met**") if r["target"] != "-" else ""
+        out.append(
+            f"| {r['scenario']} | {r['metric']} | {format_value(r['value'])} | {r['unit']} "
+            f"| {r['target']} | {met} |"
+        )
+    return "\n".join(out)
+
+
+def run_scenario(name: str, quick: bool) -> tuple[list[dict[str, Any]], float, str | None]:
+    started = time.monotonic()
+    try:
+        module = importlib.import_module(f"bench.{name}")
+        rows: list[dict[str, Any]] = module.run(quick)
+        error = None
+    except Exception as exc:
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        rows = [row(name, "scenario failed", float("nan"), "-", "runs", False, error[:500])]
+    for r in rows:
+        r["bench"] = name
+    return rows, time.monotonic() - started, error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="the one-minute subset")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        metavar="NAME",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--results", default=RESULTS, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    names = [n for n in SCENARIOS if not args.only or n in args.only]
+    machine = machine_info()
+    machine["load_average_start"] = list(os.getloadavg())
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    timings: dict[str, Any] = {}
+    for name in names:
+        print(f"running {name}{' (quick)' if args.quick else ''} ...", file=sys.stderr, flush=True)
+        scenario_rows, seconds, error = run_scenario(name, args.quick)
+        rows.extend(scenario_rows)
+        timings[name] = {"seconds": round(seconds, 1), "error": error}
+        print(f"  {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    machine["load_average_end"] = list(os.getloadavg())
+    total = time.monotonic() - started
+    print(table(rows))
+    missed = [r for r in rows if not r["met"]]
+    print(
+        f"\n{len(rows)} rows, {sum(1 for r in rows if r['target'] != '-')} with targets, "
+        f"{len(missed)} NOT met; {total:.0f} s on {machine['cpu']} "
+        f"({machine['usable_cores']} cores), Python {machine['python']}, {machine['date']}"
+    )
+    if args.markdown:
+        print()
+        print(markdown(rows))
+    with open(args.results, "w") as out:
+        json.dump(
+            {
+                "machine": machine,
+                "quick": args.quick,
+                "only": args.only,
+                "seconds": round(total, 1),
+                "scenarios": timings,
+                "rows": rows,
+            },
+            out,
+            indent=1,
+        )
+        out.write("\n")
+    print(f"written {os.path.relpath(args.results)}", file=sys.stderr)
+    # Missed targets are results, not failures; a scenario that crashed is a failure.
+    return 1 if any(t["error"] for t in timings.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

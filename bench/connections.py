@@ -1,0 +1,174 @@
+"""Connections: 10,000 idle SSE streams on one server process, RSS per connection.
+
+Server: ``python -m sse_batcher serve --heartbeat 2`` (heartbeats on and firing
+several times while the streams are held). RLIMIT_NOFILE is raised to the hard
+limit before it starts (children inherit it). Clients: two processes
+(``bench.sse_client hold``), 5,000 raw-socket streams each, kept open until the
+measurement is done.
+
+RSS per connection = (server RSS with every stream open and a few heartbeat
+rounds sent - RSS after a warm-up of 20 streams opened and closed) / streams.
+The server's /stats must count every stream as a subscriber, and every stream
+must have received a heartbeat.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import ROOT, Server, http_json, raise_nofile, row, rss_kb, tmpdir
+
+__all__ = ["measure", "run"]
+
+TARGET_KB = 30.0
+HEARTBEAT = 2.0
+PER_CLIENT = 5000
+LIMIT_NOTE = (
+    "limit: per-stream framework state, not the hub (tracemalloc: uvicorn's protocol and "
+    "cycle, sse-starlette's four-task anyio task group with its cancel scopes and events, "
+    "starlette's middleware frames); the naive broadcaster below needs more"
+)
+
+
+def _clients(port: int, total: int) -> list[subprocess.Popen[str]]:
+    procs = []
+    remaining = total
+    while remaining > 0:
+        n = min(PER_CLIENT, remaining)
+        remaining -= n
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.sse_client",
+                    "hold",
+                    "--port",
+                    str(port),
+                    "--subscribers",
+                    str(n),
+                    "--parallel",
+                    "50",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+        )
+    return procs
+
+
+def measure(kind: str, total: int) -> dict[str, Any]:
+    limit = raise_nofile(total + 2000)
+    if limit < total + 100:
+        raise RuntimeError(f"RLIMIT_NOFILE is {limit}; {total} connections need more")
+    with tmpdir("connections") as directory:
+        if kind == "ours":
+            argv = ["-m", "sse_batcher", "serve", "--port", "{port}", "--log-level", "warning"]
+            argv += ["--db", os.path.join(directory, "c.db"), "--heartbeat", str(HEARTBEAT)]
+            argv += ["--max-subscribers", str(total + 1000)]
+        else:
+            argv = ["-m", "bench.naive_server", "--port", "{port}"]
+        with Server(argv) as server:
+            warm = _clients(server.port, 20)
+            for proc in warm:
+                proc.stdout.readline()  # type: ignore[union-attr]
+                proc.communicate("", timeout=30)
+            time.sleep(0.5)
+            before = rss_kb(server.pid)
+            started = time.monotonic()
+            procs = _clients(server.port, total)
+            connected = errors = 0
+            try:
+                for proc in procs:
+                    line = proc.stdout.readline().split()  # type: ignore[union-attr]
+                    if not line or line[0] != "ready":
+                        raise RuntimeError(f"client failed: {proc.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+                    connected += int(line[1])
+                    errors += int(line[2])
+                connect_s = time.monotonic() - started
+                seen = total
+                if kind == "ours":
+                    _, stats = http_json("GET", f"{server.url}/stats")
+                    seen = stats["hub"]["subscribers"]
+                # Hold through a few heartbeat rounds; take the highest RSS seen.
+                peak = rss_kb(server.pid)
+                hold_until = time.monotonic() + 2.5 * HEARTBEAT
+                while time.monotonic() < hold_until:
+                    time.sleep(0.25)
+                    peak = max(peak, rss_kb(server.pid))
+                results = []
+                for proc in procs:
+                    out, _ = proc.communicate("", timeout=60)
+                    import json
+
+                    results.append(json.loads(out.strip().splitlines()[-1]))
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+    return {
+        "connected": connected,
+        "errors": errors,
+        "subscribers_seen": seen,
+        "with_heartbeat": sum(r["with_heartbeat"] for r in results),
+        "alive": sum(r["alive"] for r in results),
+        "rss_before_kb": before,
+        "rss_peak_kb": peak,
+        "connect_s": connect_s,
+    }
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    total = 1000 if quick else 10_000
+    naive = measure("naive", total)
+    r = measure("ours", total)
+    label = f"connections, {total:,} idle streams"
+    per = (r["rss_peak_kb"] - r["rss_before_kb"]) * 1024 / 1000 / max(1, r["connected"])
+    naive_per = (
+        (naive["rss_peak_kb"] - naive["rss_before_kb"]) * 1024 / 1000 / max(1, naive["connected"])
+    )
+    whole = (
+        r["connected"] == total
+        and r["subscribers_seen"] == total
+        and r["alive"] == total
+        and r["with_heartbeat"] == total
+    )
+    note = (
+        f"{r['connected']:,} connected in {r['connect_s']:.1f} s, {r['subscribers_seen']:,} "
+        f"subscribers in /stats, {r['with_heartbeat']:,} got heartbeats (every {HEARTBEAT:g} s); "
+        f"RSS {r['rss_before_kb'] / 1024:.0f} -> {r['rss_peak_kb'] / 1024:.0f} MiB"
+    )
+    return [
+        row(label, "streams held", r["connected"], "streams", f"{total:,}", whole, note),
+        row(
+            label,
+            "server RSS per stream",
+            per,
+            "KB",
+            f"<= {TARGET_KB:g}",
+            per <= TARGET_KB,
+            "" if per <= TARGET_KB else LIMIT_NOTE,
+        ),
+        row(
+            label,
+            "naive broadcaster RSS per stream",
+            naive_per,
+            "KB",
+            note=f"{naive['connected']:,} streams held by the naive sse-starlette broadcaster",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    import json
+
+    for r in run("--quick" in sys.argv):
+        print(json.dumps(r))

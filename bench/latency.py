@@ -1,0 +1,330 @@
+"""Latency at 1,000 subscribers and 5,000 events/s delivered in total (5 events/s each).
+
+Server process (``python -m bench.latency --serve …``): SQLiteJournal +
+SSEEventBatcher (default window 0.5 s) + ``create_app`` under uvicorn, with a
+worker task emitting 5 events/s through ``batcher.emit`` once every subscriber
+is connected, and a journal tail listener noting when each batch was committed
+and published (the flush). The naive broadcaster (``bench.naive_server
+--produce-rate``) does the same: its flush is the moment it queues the event.
+
+Client process (``bench.sse_client latency``): 1,000 raw-socket subscribers record
+each message's receipt time. Both clocks are CLOCK_MONOTONIC, system-wide on
+Linux, so times compare across processes.
+
+Reported: flush → receipt p50/p99 over every (subscriber, message) pair, and
+emit → receipt (which includes the batching window, by design).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import ROOT, free_port, percentile, raise_nofile, row, tmpdir
+
+__all__ = ["measure", "run", "serve"]
+
+RATE = 5.0
+TARGET_P99_MS = 50.0
+
+
+async def _serve_ours(args: argparse.Namespace) -> None:
+    import anyio
+    import uvicorn
+
+    from sse_batcher._app import create_app
+    from sse_batcher._batcher import SSEEventBatcher
+    from sse_batcher._sqlite_journal import SQLiteJournal
+
+    published: dict[str, float] = {}
+
+    def record(batch: Any) -> None:
+        now = time.monotonic()
+        for stored in batch:
+            if stored.id is not None:
+                published[stored.id.rsplit(".", 1)[-1]] = now
+
+    async with SQLiteJournal(args.db) as journal, SSEEventBatcher(journal) as batcher:
+        app = create_app(batcher, manage_lifecycle=False, max_subscribers=20_000)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            http="httptools",
+            log_level="warning",
+            timeout_graceful_shutdown=3,
+        )
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tg:
+            await tg.start(journal.run_tail, record)
+            stopped = anyio.Event()
+
+            async def run_server() -> None:
+                try:
+                    await server.serve()
+                finally:
+                    stopped.set()
+
+            tg.start_soon(run_server)
+            deadline = time.monotonic() + 120
+            while app.state.hub.subscriber_count < args.expect:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("subscribers did not connect")
+                await anyio.sleep(0.01)
+            interval = 1.0 / args.rate
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < args.duration:
+                await anyio.sleep(max(0.0, start + n * interval - time.monotonic()))
+                data = {"job_id": n, "progress": n % 100, "mono": time.monotonic()}
+                batcher.emit("JOB_PROGRESS", data, source="bench-worker")
+                n += 1
+            await batcher.flush()
+            await anyio.sleep(0.5)
+            await anyio.Path(args.out).write_text(json.dumps(published))
+            batcher.emit("END", {}, source="bench-worker")
+            await batcher.flush()
+            await anyio.sleep(2.0)  # the clients see END and close
+            server.should_exit = True
+            with anyio.move_on_after(15):
+                await stopped.wait()
+            tg.cancel_scope.cancel()
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Run our server with its producer until the run is over."""
+    import asyncio
+
+    import uvloop
+
+    uvloop.install()
+    asyncio.run(_serve_ours(args))
+
+
+def measure(kind: str, subscribers: int, seconds: float, directory: str) -> dict[str, Any]:
+    port = free_port()
+    out = os.path.join(directory, f"{kind}-published.json")
+    common = ["--port", str(port), "--expect", str(subscribers), "--duration", str(seconds)]
+    common += ["--out", out]
+    if kind == "ours":
+        argv = ["-m", "bench.latency", "--serve", "--db", os.path.join(directory, "lat.db")]
+        argv += ["--rate", str(RATE)]
+    else:
+        argv = ["-m", "bench.naive_server", "--produce-rate", str(RATE)]
+    server = subprocess.Popen([sys.executable, *argv, *common], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        client = _run_client(port, subscribers, seconds + 60)
+        cpu = _wait_cpu(server, timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    with open(out) as published_file:
+        published = json.load(published_file)
+    flush = [
+        at - published[event_id]
+        for event_id, times in client["receipts"].items()
+        if event_id in published
+        for at in times
+    ]
+    expected = len(published) * subscribers
+    return {
+        "flush": flush,
+        "emit": client["emit_delays"],
+        "expected": expected,
+        "received": len(flush),
+        "finished": client["finished"],
+        "subscribers": client["subscribers"],
+        "messages": len(published),
+        "server_cpu_s": cpu,
+    }
+
+
+def _wait_cpu(server: subprocess.Popen[bytes], timeout: float) -> float:
+    """Wait for the server to exit; return the CPU seconds it used (its rusage)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(server.pid, os.WNOHANG)
+        if pid:
+            server.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.05)
+    raise TimeoutError("latency server did not exit")
+
+
+def _run_client(port: int, subscribers: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:  # the server process binds its port a moment after it starts
+        import socket
+
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError("latency server did not start")
+        time.sleep(0.05)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.sse_client",
+            "latency",
+            "--port",
+            str(port),
+            "--subscribers",
+            str(subscribers),
+            "--timeout",
+            str(timeout),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        cwd=ROOT,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"latency client failed:\n{completed.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def wake_cost(directory: str, subscribers: int = 1000, rounds: int = 15) -> dict[str, float]:
+    """In-process, no HTTP: µs per subscriber from one journal append to the last of
+    ``subscribers`` Hub streams taking its chunk, and the same for plain asyncio.Queue
+    consumers (the naive broadcaster's pattern). Medians over ``rounds`` appends."""
+    import asyncio
+
+    import anyio
+
+    from sse_batcher._events import EncodedEvent, Event
+    from sse_batcher._hub import Hub
+    from sse_batcher._sqlite_journal import SQLiteJournal
+
+    state = {"received": 0, "target": 0, "last": 0.0}
+    done = anyio.Event()
+
+    def took() -> None:
+        nonlocal done
+        state["received"] += 1
+        state["last"] = time.perf_counter()
+        if state["received"] == state["target"]:
+            done.set()
+
+    async def round_trip(publish: Any) -> float:
+        nonlocal done
+        done = anyio.Event()
+        state["received"], state["target"] = 0, subscribers
+        await publish()
+        published = time.perf_counter()
+        await done.wait()
+        return (state["last"] - published) / subscribers * 1e6
+
+    hub_us: list[float] = []
+    async with SQLiteJournal(os.path.join(directory, "wake.db")) as journal, Hub(journal) as hub:
+
+        async def consumer(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            async with hub.subscribe() as chunks:
+                task_status.started()
+                async for _ in chunks:
+                    took()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(subscribers):
+                await tg.start(consumer)
+            for r in range(rounds):
+                event = Event("JOB_PROGRESS", "bench", {"job_id": r})
+
+                async def append(event: Event = event, r: int = r) -> None:
+                    await journal.append([EncodedEvent(event, b'{"job_id":%d}' % r)])
+
+                hub_us.append(await round_trip(append))
+            tg.cancel_scope.cancel()
+
+    queues: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in range(subscribers)]
+
+    async def queue_consumer(queue: asyncio.Queue[bytes]) -> None:
+        while True:
+            await queue.get()
+            took()
+
+    async def put() -> None:
+        for queue in queues:
+            queue.put_nowait(b"x")
+
+    queue_us: list[float] = []
+    async with anyio.create_task_group() as tg:
+        for queue in queues:
+            tg.start_soon(queue_consumer, queue)
+        await anyio.sleep(0.05)
+        for _ in range(rounds):
+            queue_us.append(await round_trip(put))
+        tg.cancel_scope.cancel()
+    return {"hub": percentile(hub_us, 0.5), "queue": percentile(queue_us, 0.5)}
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    subscribers = 1000
+    seconds = 3.0 if quick else 8.0
+    raise_nofile(4 * subscribers + 1000)
+    with tmpdir("latency") as directory:
+        naive = measure("naive", subscribers, seconds, directory)
+        ours = measure("ours", subscribers, seconds, directory)
+        import anyio
+
+        wake = anyio.run(wake_cost, directory)
+    label = f"latency, {subscribers:,} subscribers, {RATE * subscribers:,.0f} events/s delivered"
+    rows = []
+    for name, r in (("naive", naive), ("sse_batcher", ours)):
+        ms = [x * 1000 for x in r["flush"]]
+        whole = r["received"] == r["expected"] and r["finished"] == r["subscribers"]
+        note = (
+            f"{r['received']:,} of {r['expected']:,} (subscriber, message) receipts; server CPU "
+            f"{r['server_cpu_s']:.1f} s in all, for {r['messages']} messages"
+        )
+        p99 = percentile(ms, 0.99)
+        target, met = "-", whole
+        if name == "sse_batcher":
+            target, met = f"<= {TARGET_P99_MS:g}", whole and p99 <= TARGET_P99_MS
+        rows.append(row(label, f"{name} flush->receipt p50", percentile(ms, 0.5), "ms"))
+        rows.append(row(label, f"{name} flush->receipt p99", p99, "ms", target, met, note))
+    note = (
+        "in-process, no HTTP: one append, then every Hub stream takes its chunk; limit: "
+        "each wake re-enters anyio.move_on_after(heartbeat) and a new anyio.Event"
+    )
+    rows.append(row(label, "Hub wake per subscriber", wake["hub"], "µs", note=note))
+    note = "the same with asyncio.Queue consumers (the naive broadcaster's pattern)"
+    rows.append(row(label, "asyncio.Queue wake per consumer", wake["queue"], "µs", note=note))
+    emit_ms = [x * 1000 for x in ours["emit"]]
+    note = "includes the 0.5 s batching window, by design"
+    rows.append(row(label, "sse_batcher emit->receipt p50", percentile(emit_ms, 0.5), "ms"))
+    rows.append(
+        row(label, "sse_batcher emit->receipt p99", percentile(emit_ms, 0.99), "ms", note=note)
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--db", default="")
+    parser.add_argument("--rate", type=float, default=RATE)
+    parser.add_argument("--expect", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args)
+        return 0
+    for r in run(args.quick):
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -247,6 +247,8 @@ class Aggregator:
         # First-event order; groups leave from the front only, and nothing keeps a
         # finished group (or its members' data) alive once it has left.
         self._groups: deque[_Group] = deque()
+        # Events that needed no group (nothing older was held): they precede every group.
+        self._ready: list[Flushed] = []
         self._open: dict[tuple[Hashable, ...], _Group] = {}
         self._entity_serial: dict[_Entity, int] = {}
         self._serial = 0
@@ -267,6 +269,13 @@ class Aggregator:
 
         if rule.mode == "passthrough" or not member.batching:
             reason = "passthrough" if rule.mode == "passthrough" else "unbatched"
+            if not self._groups:
+                # Nothing older is held, so no group is needed to keep order: the
+                # event is ready now (the common case with batching switched off).
+                self.members_held -= 1
+                self.sealed_by["immediate" if immediate else reason] += 1
+                self._ready.append(Flushed(_single(member, rule.persist), member.seq))
+                return
             group = self._new_group(index, rule, member, key=None, entities=entities)
             self._seal(group, "immediate" if immediate else reason)
             if immediate:
@@ -314,6 +323,8 @@ class Aggregator:
     def next_deadline(self) -> float | None:
         """When ``ready`` next has something: None when nothing is held; a time
         in the past (``-inf``) when the front group is already sealed."""
+        if self._ready:
+            return float("-inf")
         if not self._groups:
             return None
         front = self._groups[0]
@@ -321,13 +332,15 @@ class Aggregator:
 
     def oldest_seq(self) -> int | None:
         """A lower bound of the emit sequence numbers still held (None: nothing held)."""
+        if self._ready:
+            return self._ready[0].first_seq
         if not self._groups:
             return None
         return self._groups[0].first_seq
 
     def ready(self, now: float) -> list[Flushed]:
         """Seal groups whose window has ended and pop every sealed group at the front."""
-        out: list[Flushed] = []
+        out, self._ready = self._ready, []
         groups = self._groups
         while groups:
             group = groups[0]
@@ -412,7 +425,8 @@ class Aggregator:
     def drop_oldest(self, n: int) -> int:
         """Drop whole groups from the front until ``n`` members are gone (the
         ``drop_oldest`` overflow policy); returns how many members were dropped."""
-        dropped = 0
+        dropped = min(n, len(self._ready))
+        del self._ready[:dropped]
         while dropped < n and self._groups:
             group = self._groups.popleft()
             if self._open.get(group.key) is group:
@@ -432,18 +446,21 @@ class Aggregator:
 
     def _finish(self, group: _Group) -> EncodedEvent:
         members = self._release(group)
-        first = members[0]
         if len(members) == 1:
-            uid = first.uid
-            return EncodedEvent(
-                event=first.to_event(),
-                data_json=first.data_json,
-                persist=group.rule.persist,
-                uids=(uid,) if uid else (),
-                members=1,
-                emitted_at=first.emitted_at,
-            )
+            return _single(members[0], group.rule.persist)
         return _batch_event(group.rule, members)
+
+
+def _single(member: Member, persist: bool) -> EncodedEvent:
+    """A group of one: the original event, unchanged."""
+    return EncodedEvent(
+        event=member.to_event(),
+        data_json=member.data_json,
+        persist=persist,
+        uids=(member.uid,) if member.uid else (),
+        members=1,
+        emitted_at=member.emitted_at,
+    )
 
 
 def _batch_event(rule: AggregationRule, members: list[Member]) -> EncodedEvent:

@@ -2,9 +2,10 @@
 
     emit() (any thread) ──lock──► inbox deque ──wake once──► assembler task
         Aggregator: open groups, windows, size, immediate, per-entity order
-    assembler ──ready events──► write queue ──► writer task
+    assembler ──ready events──► write queue ──► writer task (``_writer.JournalWriter``)
         Journal.append (one transaction for everything queued), retry with backoff,
-        dead-letter after the budget; then sinks; then waiters (flush, durable ingest)
+        dead-letter after the budget; then sinks; then waiters (``_waiters.WriteWaiters``:
+        flush, durable ingest, close)
 
 ``emit`` costs a lock, a tuple and a deque append: no encoding, no I/O, and at most
 one cross-thread wake-up per assembler cycle, because waking the loop costs ~14 µs
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import threading
 import time
 from collections import deque
@@ -30,13 +30,14 @@ from typing import Any, Literal, Self
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._aggregation import AggregationRule, Aggregator, Flushed, Member, RuleSet
-from ._dead_letter import DeadLetterStore
-from ._events import EncodedEvent, Event, StoredEvent, check_name, encode_data
+from ._aggregation import AggregationRule, Aggregator, Member, RuleSet
+from ._events import Event, check_name, encode_data
 from ._exceptions import BatcherClosed, ConfigError, InvalidEvent, QueueFull
 from ._journal import Journal
 from ._sink import Sink
-from ._stats import BatcherStats, LatencyWindow, WorkerInfo
+from ._stats import BatcherStats, WorkerInfo
+from ._waiters import WriteWaiters
+from ._writer import JournalWriter
 
 __all__ = ["Overflow", "SSEEventBatcher"]
 
@@ -44,8 +45,6 @@ logger = logging.getLogger("sse_batcher.batcher")
 
 Overflow = Literal["block", "reject", "drop_oldest"]
 _OVERFLOWS = ("block", "reject", "drop_oldest")
-_MAX_WRITE_EVENTS = 10_000  # events per journal transaction at most
-_MAX_RECOVERY_DELAY = 30.0  # seconds between probes of a failing journal, at most
 _NAME_CACHE_LIMIT = 4096
 
 
@@ -151,13 +150,9 @@ class SSEEventBatcher:
         self._max_events = int(max_pending_events)
         self._max_bytes = int(max_pending_bytes)
         self._block_timeout = float(block_timeout)
-        self._max_retries = int(max_retries)
-        self._retry_delay = float(retry_delay)
         self._drain_timeout = float(drain_timeout)
-        self._sinks = tuple(sinks)
         self._clock = clock
         self._aggregator = Aggregator(RuleSet(rules), window=self.window, max_batch=self.max_batch)
-        self._dead_letters = DeadLetterStore(dead_letter_path)
 
         # Shared with emitting threads: guarded by _lock.
         self._lock = threading.Lock()
@@ -171,44 +166,30 @@ class SSEEventBatcher:
         self._dropped_oldest = 0
         self._valid_names: set[tuple[str, str]] = set()
         self._state = _State.UNOPENED
-        # False from a failed journal append until the next successful one: /health
-        # reports it, because a journal can answer reads while every write fails.
-        self.write_healthy = True
 
         # Loop-side state.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wake = anyio.Event()
-        self._writable = anyio.Event()
         self._room = anyio.Event()
-        self._write_queue: deque[Flushed] = deque()
-        self._queued_bytes = 0
-        self._inflight: list[EncodedEvent] = []
-        self._inflight_seq: int | None = None
         self._flush_requested = False
-        self._waiters: list[tuple[int, anyio.Event]] = []
         self._unbatched: set[str] = set()
         self._workers: dict[str, _Worker] = {}
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
-        self._sink_set: Any = None
-        self._latency = LatencyWindow()
-        self._counts: dict[str, int] = dict.fromkeys(
-            (
-                "members_out",
-                "messages_out",
-                "batches_created",
-                "writes",
-                "retries",
-                "failed_writes",
-                "dead_lettered",
-                "dead_letter_replayed",
-                "invalid",
-                "shed",
-                "stream_only_lost",
-            ),
-            0,
+        self._counts: dict[str, int] = {"invalid": 0, "shed": 0}  # the writer counts the rest
+        self._writer = JournalWriter(
+            journal,
+            dead_letter_path=dead_letter_path,
+            max_retries=int(max_retries),
+            retry_delay=float(retry_delay),
+            drain_timeout=self._drain_timeout,
+            sinks=sinks,
+            workers=self._workers,
+            release=self._release,
+            progress=self._progressed,
         )
+        self._waiters = WriteWaiters(self._inbox_low, self._aggregator, self._writer, self._on_wake)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -217,24 +198,27 @@ class SSEEventBatcher:
         """True between entering the context and the start of close."""
         return self._state is _State.OPEN
 
+    @property
+    def write_healthy(self) -> bool:
+        """False from a failed journal append until the next successful one.
+
+        /health reports it, because a journal can answer reads while every write fails.
+        """
+        return self._writer.healthy
+
     async def __aenter__(self) -> Self:
         if self._state is not _State.UNOPENED:
             raise BatcherClosed(f"a batcher cannot be started twice (it is {self._state.value})")
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         async with AsyncExitStack() as stack:
-            if self._sinks:
-                from ._sink import SinkSet
-
-                self._sink_set = await stack.enter_async_context(
-                    SinkSet(self._sinks, drain_timeout=self._drain_timeout)
-                )
-            await self._dead_letters.load()  # counts what an earlier run left behind
+            # Opens the sinks and counts what an earlier run left in the dead letters.
+            await stack.enter_async_context(self._writer)
             # Unwound in reverse: the tasks end first, then what they left is
             # dead-lettered, then the sinks drain and close.
             stack.push_async_callback(self._dead_letter_leftovers)
             task_group = await stack.enter_async_context(anyio.create_task_group())
-            await task_group.start(self._run_writer)
+            await task_group.start(self._writer.run)
             await task_group.start(self._run_assembler)
             self._task_group = task_group
             self._state = _State.OPEN
@@ -265,7 +249,7 @@ class SSEEventBatcher:
         target = self._last_seq()
         self._request_flush()
         with anyio.move_on_after(self._drain_timeout, shield=True):
-            await self._wait_written(target)
+            await self._waiters.wait(target)
         assert self._task_group is not None and self._exit_stack is not None
         self._task_group.cancel_scope.cancel()
         self._state = _State.CLOSED
@@ -377,10 +361,11 @@ class SSEEventBatcher:
         """
         from ._exceptions import JournalUnavailable
 
-        dead_before = self._counts["dead_lettered"]
+        writer_counts = self._writer.counts
+        dead_before = writer_counts["dead_lettered"]
         self.offer(events)
-        await self._wait_written(self._last_seq())
-        if self._counts["dead_lettered"] != dead_before:
+        await self._waiters.wait(self._last_seq())
+        if writer_counts["dead_lettered"] != dead_before:
             raise JournalUnavailable("the journal is failing; events were dead-lettered")
 
     async def flush(self) -> None:
@@ -389,7 +374,7 @@ class SSEEventBatcher:
         self._require_open()
         target = self._last_seq()
         self._request_flush()
-        await self._wait_written(target)
+        await self._waiters.wait(target)
 
     # -- workers -------------------------------------------------------------------
 
@@ -421,14 +406,14 @@ class SSEEventBatcher:
 
     def stats(self) -> BatcherStats:
         """A consistent-enough snapshot of every counter (cheap; no locks held long)."""
-        c = self._counts
+        c = self._writer.counts
         with self._lock:
             events_in, depth = self._next_seq - 1, self._pending
             dropped = {
                 "queue_full": self._rejected,
-                "drop_oldest": self._dropped_oldest + c["shed"],
+                "drop_oldest": self._dropped_oldest + self._counts["shed"],
             }
-        dropped["invalid"] = c["invalid"]
+        dropped["invalid"] = self._counts["invalid"]
         dropped["stream_only_lost"] = c["stream_only_lost"]
         members_out, messages_out = c["members_out"], c["messages_out"]
         coalesced = self._aggregator.coalesced
@@ -444,19 +429,19 @@ class SSEEventBatcher:
             failed_writes=c["failed_writes"],
             dead_lettered=c["dead_lettered"],
             dead_letter_replayed=c["dead_letter_replayed"],
-            dead_letter_pending=self._dead_letters.pending,
+            dead_letter_pending=self._writer.dead_letter_pending,
             queue_depth=depth,
             queue_bytes=self._pending_bytes,
             mean_batch_size=members_out / messages_out if messages_out else 0.0,
-            queue_time_p50_ms=self._latency.percentile_ms(0.5),
-            queue_time_p99_ms=self._latency.percentile_ms(0.99),
+            queue_time_p50_ms=self._writer.latency.percentile_ms(0.5),
+            queue_time_p99_ms=self._writer.latency.percentile_ms(0.99),
             flushes=dict(self._aggregator.sealed_by),
             dropped=dropped,
         )
 
     def sink_stats(self) -> dict[str, Any]:
         """Per-sink counters (empty without sinks)."""
-        return dict(self._sink_set.stats()) if self._sink_set is not None else {}
+        return self._writer.sink_stats()
 
     # -- emit internals ------------------------------------------------------------
 
@@ -594,11 +579,8 @@ class SSEEventBatcher:
                 aggregator.seal_all("close" if self._state is _State.CLOSING else "flush")
             ready = aggregator.ready(self._clock())
             if ready:
-                self._write_queue.extend(ready)
-                self._queued_bytes += sum(len(f.item.data_json) for f in ready)
-                self._writable.set()
-            self._update_bytes()
-            self._release_waiters()
+                self._writer.enqueue(ready)
+            self._progressed()
 
     def _drain_inbox(self) -> None:
         with self._lock:
@@ -647,11 +629,7 @@ class SSEEventBatcher:
     def _shed_oldest(self, n: int) -> None:
         """drop_oldest when the inbox was empty: drop the oldest events held past it,
         queued writes first (they are older than any open group), then groups."""
-        dropped = 0
-        while dropped < n and self._write_queue:
-            flushed = self._write_queue.popleft()
-            dropped += flushed.item.members
-            self._queued_bytes -= len(flushed.item.data_json)
+        dropped = self._writer.drop_oldest(n)
         if dropped < n:
             dropped += self._aggregator.drop_oldest(n - dropped)
         if dropped:
@@ -672,190 +650,21 @@ class SSEEventBatcher:
         self._room.set()
 
     def _update_bytes(self) -> None:
-        self._pending_bytes = self._aggregator.bytes_held + self._queued_bytes
+        self._pending_bytes = self._aggregator.bytes_held + self._writer.queued_bytes
 
-    # -- writer --------------------------------------------------------------------
+    def _progressed(self) -> None:
+        """After each assembler cycle and each write: bytes held, then waiters."""
+        self._update_bytes()
+        self._waiters.release()
 
-    async def _run_writer(self, *, task_status: TaskStatus[None]) -> None:
-        task_status.started()
-        recovery_delay = self._retry_delay or 0.1
-        while True:
-            if not self._write_queue:
-                self._writable = anyio.Event()
-                if not self._dead_letters.pending:
-                    await self._writable.wait()
-                    continue
-                # Dead letters wait for the journal to recover even without new
-                # traffic: probe it with a growing delay.
-                with anyio.move_on_after(recovery_delay):
-                    await self._writable.wait()
-                if not self._write_queue:
-                    if await self._replay_dead_letters():
-                        recovery_delay = self._retry_delay or 0.1
-                    else:
-                        recovery_delay = min(recovery_delay * 2, _MAX_RECOVERY_DELAY)
-                    continue
-            batch: list[EncodedEvent] = []
-            self._inflight_seq = self._write_queue[0].first_seq
-            while self._write_queue and len(batch) < _MAX_WRITE_EVENTS:
-                batch.append(self._write_queue.popleft().item)
-            self._inflight = batch
-            await self._write(batch)
-            self._inflight = []
-            self._inflight_seq = None
-            self._update_bytes()
-            self._release_waiters()
-
-    async def _write(self, batch: list[EncodedEvent]) -> None:
-        self._queued_bytes -= sum(len(i.data_json) for i in batch)
-        # Dead letters are older than anything queued: they go first, and while
-        # they cannot be written the new batch queues behind them, so the journal
-        # keeps emit order through a fault.
-        if self._dead_letters.pending and not await self._replay_dead_letters():
-            with anyio.CancelScope(shield=True):
-                await self._dead_letter(batch)
-            return
-        stored = await self._append_with_retry(batch)
-        if stored is None:
-            logger.error(
-                "journal refused %d events after %d retries; dead-lettered to %s",
-                sum(i.members for i in batch),
-                self._max_retries,
-                self._dead_letters.path or "memory",
-            )
-            with anyio.CancelScope(shield=True):
-                await self._dead_letter(batch)
-            return
-        self._record_written(batch, stored)
-        self._release(sum(i.members for i in batch))
-
-    async def _dead_letter(self, batch: list[EncodedEvent]) -> None:
-        durable = [i for i in batch if i.persist]
-        kept = sum(i.members for i in durable)
-        total = sum(i.members for i in batch)
-        self._counts["dead_lettered"] += kept
-        self._counts["stream_only_lost"] += total - kept
-        if durable:
-            await self._dead_letters.add(durable)
-        self._release(total)
-
-    def _record_written(self, batch: list[EncodedEvent], stored: list[StoredEvent]) -> None:
-        c = self._counts
-        c["writes"] += 1
-        now = time.monotonic()
-        for item in batch:
-            c["members_out"] += item.members
-            c["messages_out"] += 1
-            if item.members > 1:
-                c["batches_created"] += 1
-            worker = self._workers.get(item.event.source)
-            if worker is not None:
-                worker.messages_out += 1
-            if item.emitted_at:
-                self._latency.add(now - item.emitted_at)
-        if self._sink_set is not None and stored:
-            self._sink_set.offer(stored)
-
-    async def _append_with_retry(self, batch: list[EncodedEvent]) -> list[StoredEvent] | None:
-        for attempt in range(self._max_retries + 1):
-            try:
-                # Shielded: a commit that is under way must be seen to its end, or a
-                # cancelled-but-committed batch would be dead-lettered and stored twice.
-                with anyio.CancelScope(shield=True):
-                    stored: list[StoredEvent] = await self.journal.append(batch)
-                self.write_healthy = True
-                return stored
-            except Exception as exc:
-                self.write_healthy = False
-                self._counts["failed_writes"] += 1
-                if attempt == self._max_retries:
-                    logger.warning("journal append failed (%s); giving up on this batch", exc)
-                    return None
-                self._counts["retries"] += 1
-                delay = self._retry_delay * (2**attempt) * random.uniform(0.5, 1.5)
-                logger.warning("journal append failed (%s); retrying in %.2fs", exc, delay)
-                await anyio.sleep(delay)
-        return None
-
-    async def _replay_dead_letters(self) -> bool:
-        """Re-append dead letters in order, shrinking the store after each chunk.
-
-        Returns True when none are left.
-        """
-        items = await self._dead_letters.load()
-        while items:
-            chunk, rest = items[:_MAX_WRITE_EVENTS], items[_MAX_WRITE_EVENTS:]
-            try:
-                with anyio.CancelScope(shield=True):
-                    stored = await self.journal.append(chunk)
-            except Exception as exc:
-                self.write_healthy = False
-                self._counts["failed_writes"] += 1
-                logger.warning("dead-letter replay failed (%s); will retry later", exc)
-                return False
-            self.write_healthy = True
-            self._counts["dead_letter_replayed"] += sum(i.members for i in chunk)
-            self._record_written(chunk, stored)
-            with anyio.CancelScope(shield=True):
-                await self._dead_letters.replace(rest)
-            items = rest
-        return True
+    def _inbox_low(self) -> int:
+        """The oldest sequence number in the inbox, or the next one when it is empty."""
+        with self._lock:
+            return self._inbox[0][6] if self._inbox else self._next_seq
 
     async def _dead_letter_leftovers(self) -> None:
         """At close, after the tasks ended: keep what is still unwritten, say so."""
         with anyio.CancelScope(shield=True):
-            await self._keep_leftovers()
-
-    async def _keep_leftovers(self) -> None:
-        self._drain_inbox()
-        self._aggregator.seal_all("close")
-        leftovers = self._inflight + [f.item for f in self._write_queue]
-        leftovers += [f.item for f in self._aggregator.ready(math.inf)]
-        self._inflight = []
-        self._write_queue.clear()
-        self._queued_bytes = 0
-        if leftovers:
-            logger.error(
-                "drain deadline (%.1fs) passed: %d events not written, kept in %s",
-                self._drain_timeout,
-                sum(i.members for i in leftovers),
-                self._dead_letters.path or "memory (lost at exit)",
-            )
-            await self._dead_letter(leftovers)
-
-    # -- waiters -------------------------------------------------------------------
-
-    def _low_water(self) -> int:
-        """Every event with a sequence number below this is written or accounted for."""
-        with self._lock:
-            candidates = [self._next_seq]
-            if self._inbox:
-                candidates.append(self._inbox[0][6])
-        held = self._aggregator.oldest_seq()
-        if held is not None:
-            candidates.append(held)
-        if self._write_queue:
-            candidates.append(self._write_queue[0].first_seq)
-        if self._inflight_seq is not None:
-            candidates.append(self._inflight_seq)
-        return min(candidates)
-
-    async def _wait_written(self, seq: int) -> None:
-        if seq < self._low_water():
-            return
-        done = anyio.Event()
-        self._waiters.append((seq, done))
-        self._wake.set()
-        await done.wait()
-
-    def _release_waiters(self) -> None:
-        if not self._waiters:
-            return
-        low = self._low_water()
-        still = []
-        for seq, done in self._waiters:
-            if seq < low:
-                done.set()
-            else:
-                still.append((seq, done))
-        self._waiters = still
+            self._drain_inbox()
+            self._aggregator.seal_all("close")
+            await self._writer.keep_leftovers([f.item for f in self._aggregator.ready(math.inf)])

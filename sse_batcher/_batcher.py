@@ -58,7 +58,7 @@ class _State(Enum):
 # An emitted event waiting in the inbox: (type, source, data, ts, uid, emitted_at, seq).
 # A plain tuple, because a NamedTuple or dataclass costs more to build than the
 # rest of emit() together.
-_Raw = tuple[str, str, Mapping[str, Any], float, "str | None", float, int]
+_Raw = tuple[str, str, Mapping[str, Any], "float | None", "str | None", float, int]
 
 
 def _copy_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -164,7 +164,8 @@ class SSEEventBatcher:
         self._shed = 0  # drop_oldest debt the assembler pays from its own structures
         self._rejected = 0
         self._dropped_oldest = 0
-        self._valid_names: set[tuple[str, str]] = set()
+        # Names already validated (types and sources alike: the rules are the same).
+        self._valid_names: set[str] = set()
         self._state = _State.UNOPENED
 
         # Loop-side state.
@@ -279,11 +280,12 @@ class SSEEventBatcher:
         """
         # The hot path: every line here is paid per event (target: under 1 µs), so
         # this is _put() inlined; a call costs ~100 ns.
-        if (type, source) not in self._valid_names:
+        if type not in self._valid_names or source not in self._valid_names:
             self._check_names(type, source)
-        data = _copy_data(data)
-        if ts is None:
-            ts = time.time()
+        # A shallow copy (the caller may reuse its dict); inline for plain dicts.
+        data = data.copy() if data.__class__ is dict else _copy_data(data)
+        # One clock call: ts (wall time) left None is derived from the monotonic
+        # stamp when the inbox is drained, microseconds later.
         with self._lock:
             if self._state is not _State.OPEN:
                 self._require_open()
@@ -311,7 +313,7 @@ class SSEEventBatcher:
 
         From a thread other than the batcher's event loop this behaves as ``emit``.
         """
-        if (type, source) not in self._valid_names:
+        if type not in self._valid_names or source not in self._valid_names:
             self._check_names(type, source)
         fields = (type, source, _copy_data(data), time.time() if ts is None else ts, uid)
         if not self._may_block():
@@ -327,7 +329,7 @@ class SSEEventBatcher:
     def offer(self, events: Sequence[Event]) -> None:
         """Queue validated events all or nothing (HTTP ingest answers 503 on QueueFull)."""
         for event in events:
-            if (event.type, event.source) not in self._valid_names:
+            if event.type not in self._valid_names or event.source not in self._valid_names:
                 self._check_names(event.type, event.source)
         items: list[_Fields] = [(e.type, e.source, e.data, e.ts, e.uid) for e in events]
         if items:
@@ -339,7 +341,7 @@ class SSEEventBatcher:
             self.offer(events)
             return
         for event in events:
-            if (event.type, event.source) not in self._valid_names:
+            if event.type not in self._valid_names or event.source not in self._valid_names:
                 self._check_names(event.type, event.source)
         items: list[_Fields] = [(e.type, e.source, e.data, e.ts, e.uid) for e in events]
         while items:
@@ -450,7 +452,8 @@ class SSEEventBatcher:
         check_name("source", source)
         if len(self._valid_names) >= _NAME_CACHE_LIMIT:
             self._valid_names.clear()
-        self._valid_names.add((type, source))
+        self._valid_names.add(type)
+        self._valid_names.add(source)
 
     def _require_open(self) -> None:
         if self._state is not _State.OPEN:
@@ -593,7 +596,9 @@ class SSEEventBatcher:
         coalesced_before = aggregator.coalesced
         invalid = 0
         add = aggregator.add
-        for type_, source, data, ts, uid, emitted_at, seq in raws:
+        wall_offset = time.time() - time.monotonic()
+        for type_, source, data, given_ts, uid, emitted_at, seq in raws:
+            ts = emitted_at + wall_offset if given_ts is None else given_ts
             worker = workers.get(source)
             if worker is None:
                 worker = workers[source] = _Worker()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -170,6 +171,16 @@ step = st.tuples(
 )
 
 
+def property_cases(test: Callable[..., None]) -> Callable[..., None]:
+    """Every property runs over the same random streams: steps, a window, a max_batch."""
+    cases = given(
+        steps=st.lists(step, max_size=80),
+        window=st.sampled_from([0.1, 0.5, 1.0]),
+        max_batch=st.integers(1, 5),
+    )
+    return settings(max_examples=300, deadline=None)(cases(test))
+
+
 def _drive(
     steps: list[tuple[float, str, str, int | None, bool, bool]], window: float, max_batch: int
 ) -> tuple[list[dict[str, Any]], list[tuple[float, Flushed]], Aggregator]:
@@ -207,12 +218,7 @@ def _members(flushed: Flushed) -> list[dict[str, Any]]:
     return list(data["items"])
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    steps=st.lists(step, max_size=80),
-    window=st.sampled_from([0.1, 0.5, 1.0]),
-    max_batch=st.integers(1, 5),
-)
+@property_cases
 def test_members_in_equal_members_out_plus_coalesced(
     steps: list[Any], window: float, max_batch: int
 ) -> None:
@@ -228,12 +234,7 @@ def test_members_in_equal_members_out_plus_coalesced(
     assert all(r["type"] == "JOB_PROGRESS" for r in missing)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    steps=st.lists(step, max_size=80),
-    window=st.sampled_from([0.1, 0.5, 1.0]),
-    max_batch=st.integers(1, 5),
-)
+@property_cases
 def test_per_entity_state_matches_emit_order(
     steps: list[Any], window: float, max_batch: int
 ) -> None:
@@ -248,12 +249,7 @@ def test_per_entity_state_matches_emit_order(
             assert got and got[-1] == sent[-1]
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    steps=st.lists(step, max_size=80),
-    window=st.sampled_from([0.1, 0.5, 1.0]),
-    max_batch=st.integers(1, 5),
-)
+@property_cases
 def test_delivery_never_later_than_first_event_plus_window(
     steps: list[Any], window: float, max_batch: int
 ) -> None:

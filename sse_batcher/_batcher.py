@@ -1,7 +1,8 @@
 """SSEEventBatcher: takes events from any thread, groups them, writes each batch once.
 
     emit() (any thread) ──lock──► inbox deque ──wake once──► assembler task
-        Aggregator: open groups, windows, size, immediate, per-entity order
+        (``_assembler.Assembler``) Aggregator: open groups, windows, size, immediate,
+        per-entity order
     assembler ──ready events──► write queue ──► writer task (``_writer.JournalWriter``)
         Journal.append (one transaction for everything queued), retry with backoff,
         dead-letter after the budget; then sinks; then waiters (``_waiters.WriteWaiters``:
@@ -15,7 +16,6 @@ one cross-thread wake-up per assembler cycle, because waking the loop costs ~14 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import threading
 import time
@@ -28,20 +28,19 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 
-from ._aggregation import AggregationRule, Aggregator, Member, RuleSet
-from ._events import Event, check_name, encode_data
+from ._aggregation import AggregationRule, Aggregator, RuleSet
+from ._assembler import Assembler, Raw
+from ._events import Event, check_name
 from ._exceptions import BatcherClosed, ConfigError, InvalidEvent, QueueFull
 from ._journal import Journal
 from ._sink import Sink
-from ._stats import BatcherStats, WorkerInfo
+from ._stats import BatcherStats, SourceCounters, WorkerInfo
 from ._waiters import WriteWaiters
 from ._writer import JournalWriter
 
 __all__ = ["Overflow", "SSEEventBatcher"]
-
-logger = logging.getLogger("sse_batcher.batcher")
 
 Overflow = Literal["block", "reject", "drop_oldest"]
 _OVERFLOWS = ("block", "reject", "drop_oldest")
@@ -55,10 +54,7 @@ class _State(Enum):
     CLOSED = "closed"
 
 
-# An emitted event waiting in the inbox: (type, source, data, ts, uid, emitted_at, seq).
-# A plain tuple, because a NamedTuple or dataclass costs more to build than the
-# rest of emit() together.
-_Raw = tuple[str, str, Mapping[str, Any], "float | None", "str | None", float, int]
+# _writer.py imports the per-source counters from here (for typing only).
 
 
 def _copy_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -73,15 +69,6 @@ def _copy_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 _Fields = tuple[str, str, Mapping[str, Any], float, str | None]
-
-
-class _Worker:
-    __slots__ = ("events_in", "last_seen", "messages_out")
-
-    def __init__(self) -> None:
-        self.events_in = 0
-        self.messages_out = 0
-        self.last_seen: float | None = None
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -151,12 +138,11 @@ class SSEEventBatcher:
         self._max_bytes = int(max_pending_bytes)
         self._block_timeout = float(block_timeout)
         self._drain_timeout = float(drain_timeout)
-        self._clock = clock
         self._aggregator = Aggregator(RuleSet(rules), window=self.window, max_batch=self.max_batch)
 
         # Shared with emitting threads: guarded by _lock.
         self._lock = threading.Lock()
-        self._inbox: deque[_Raw] = deque()
+        self._inbox: deque[Raw] = deque()
         self._pending = 0  # events emitted and not yet written, dropped or dead-lettered
         self._pending_bytes = 0  # encoded bytes held past the inbox (updated by the loop)
         self._next_seq = 1
@@ -171,14 +157,11 @@ class SSEEventBatcher:
         # Loop-side state.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._wake = anyio.Event()
         self._room = anyio.Event()
-        self._flush_requested = False
         self._unbatched: set[str] = set()
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, SourceCounters] = {}
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
-        self._counts: dict[str, int] = {"invalid": 0, "shed": 0}  # the writer counts the rest
         self._writer = JournalWriter(
             journal,
             dead_letter_path=dead_letter_path,
@@ -191,6 +174,18 @@ class SSEEventBatcher:
             progress=self._progressed,
         )
         self._waiters = WriteWaiters(self._inbox_low, self._aggregator, self._writer, self._on_wake)
+        self._assembler = Assembler(
+            self._take_inbox,
+            self._take_shed,
+            self._aggregator,
+            self._writer,
+            workers=self._workers,
+            unbatched=self._unbatched,
+            release=self._release,
+            update_bytes=self._update_bytes,
+            progressed=self._progressed,
+            clock=clock,
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -217,10 +212,10 @@ class SSEEventBatcher:
             await stack.enter_async_context(self._writer)
             # Unwound in reverse: the tasks end first, then what they left is
             # dead-lettered, then the sinks drain and close.
-            stack.push_async_callback(self._dead_letter_leftovers)
+            stack.push_async_callback(self._assembler.dead_letter_leftovers)
             task_group = await stack.enter_async_context(anyio.create_task_group())
             await task_group.start(self._writer.run)
-            await task_group.start(self._run_assembler)
+            await task_group.start(self._assembler.run)
             self._task_group = task_group
             self._state = _State.OPEN
             self._exit_stack = stack.pop_all()
@@ -248,7 +243,7 @@ class SSEEventBatcher:
         with self._lock:
             self._state = _State.CLOSING
         target = self._last_seq()
-        self._request_flush()
+        self._assembler.request_flush("close")
         with anyio.move_on_after(self._drain_timeout, shield=True):
             await self._waiters.wait(target)
         assert self._task_group is not None and self._exit_stack is not None
@@ -375,7 +370,7 @@ class SSEEventBatcher:
         call is written (or dead-lettered)."""
         self._require_open()
         target = self._last_seq()
-        self._request_flush()
+        self._assembler.request_flush("flush")
         await self._waiters.wait(target)
 
     # -- workers -------------------------------------------------------------------
@@ -387,7 +382,7 @@ class SSEEventBatcher:
             self._unbatched.discard(source)
         else:
             self._unbatched.add(source)
-        self._workers.setdefault(source, _Worker())
+        self._workers.setdefault(source, SourceCounters())
 
     def batching_enabled(self, source: str) -> bool:
         """Whether events from ``source`` are batched."""
@@ -395,27 +390,19 @@ class SSEEventBatcher:
 
     def workers(self) -> list[WorkerInfo]:
         """Every source seen (or configured), sorted by name."""
-        return [
-            WorkerInfo(
-                name=name,
-                events_in=w.events_in,
-                messages_out=w.messages_out,
-                batching=name not in self._unbatched,
-                last_seen=w.last_seen,
-            )
-            for name, w in sorted(self._workers.items())
-        ]
+        return self._assembler.worker_infos()
 
     def stats(self) -> BatcherStats:
         """A consistent-enough snapshot of every counter (cheap; no locks held long)."""
         c = self._writer.counts
+        counts = self._assembler.counts
         with self._lock:
             events_in, depth = self._next_seq - 1, self._pending
             dropped = {
                 "queue_full": self._rejected,
-                "drop_oldest": self._dropped_oldest + self._counts["shed"],
+                "drop_oldest": self._dropped_oldest + counts["shed"],
             }
-        dropped["invalid"] = self._counts["invalid"]
+        dropped["invalid"] = counts["invalid"]
         dropped["stream_only_lost"] = c["stream_only_lost"]
         members_out, messages_out = c["members_out"], c["messages_out"]
         coalesced = self._aggregator.coalesced
@@ -503,7 +490,7 @@ class SSEEventBatcher:
         if self._shed and threading.get_ident() == self._loop_thread:
             # Ingest runs on the loop: pay the drop_oldest debt now, so the bound
             # holds between two assembler cycles too.
-            self._pay_shed_debt()
+            self._assembler.pay_shed_debt()
         if wake:
             self._schedule_wake()
 
@@ -539,7 +526,7 @@ class SSEEventBatcher:
                 pass
 
     def _on_wake(self) -> None:
-        self._wake.set()
+        self._assembler.wake()
 
     def _may_block(self) -> bool:
         return self.overflow == "block" and threading.get_ident() == self._loop_thread
@@ -560,93 +547,20 @@ class SSEEventBatcher:
         with self._lock:
             return self._next_seq - 1
 
-    def _request_flush(self) -> None:
-        self._flush_requested = True
-        self._wake.set()
+    # -- assembler interface -------------------------------------------------------
 
-    # -- assembler -----------------------------------------------------------------
-
-    async def _run_assembler(self, *, task_status: TaskStatus[None]) -> None:
-        task_status.started()
-        aggregator = self._aggregator
-        while True:
-            deadline = aggregator.next_deadline()
-            timeout = math.inf if deadline is None else deadline - self._clock()
-            if timeout > 0:
-                with anyio.move_on_after(timeout):
-                    await self._wake.wait()
-            self._wake = anyio.Event()
-            self._drain_inbox()
-            if self._flush_requested:
-                self._flush_requested = False
-                aggregator.seal_all("close" if self._state is _State.CLOSING else "flush")
-            ready = aggregator.ready(self._clock())
-            if ready:
-                self._writer.enqueue(ready)
-            self._progressed()
-
-    def _drain_inbox(self) -> None:
+    def _take_inbox(self) -> tuple[deque[Raw], int]:
+        """Swap out the inbox with the drop_oldest debt (the next emit wakes the loop)."""
         with self._lock:
             raws, self._inbox = self._inbox, deque()
             self._wake_scheduled = False
             shed, self._shed = self._shed, 0
-        aggregator = self._aggregator
-        unbatched = self._unbatched
-        workers = self._workers
-        coalesced_before = aggregator.coalesced
-        invalid = 0
-        add = aggregator.add
-        wall_offset = time.time() - time.monotonic()
-        for type_, source, data, given_ts, uid, emitted_at, seq in raws:
-            ts = emitted_at + wall_offset if given_ts is None else given_ts
-            worker = workers.get(source)
-            if worker is None:
-                worker = workers[source] = _Worker()
-            worker.events_in += 1
-            worker.last_seen = ts
-            try:
-                data_json = encode_data(data)
-            except InvalidEvent as exc:
-                invalid += 1
-                logger.warning("dropped invalid event %s from %s: %s", type_, source, exc)
-                continue
-            add(
-                Member(
-                    type_,
-                    source,
-                    data,
-                    ts,
-                    uid,
-                    data_json,
-                    emitted_at,
-                    source not in unbatched,
-                    seq,
-                )
-            )
-        # Superseded (latest-mode) and invalid events leave the pipeline here.
-        gone = invalid + aggregator.coalesced - coalesced_before
-        self._counts["invalid"] += invalid
-        if gone:
-            self._release(gone)
-        if shed:
-            self._shed_oldest(shed)  # emitted from threads: paid here, once per cycle
+        return raws, shed
 
-    def _shed_oldest(self, n: int) -> None:
-        """drop_oldest when the inbox was empty: drop the oldest events held past it,
-        queued writes first (they are older than any open group), then groups."""
-        dropped = self._writer.drop_oldest(n)
-        if dropped < n:
-            dropped += self._aggregator.drop_oldest(n - dropped)
-        if dropped:
-            self._counts["shed"] += dropped
-            self._release(dropped)
-            self._update_bytes()
-
-    def _pay_shed_debt(self) -> None:
+    def _take_shed(self) -> int:
         with self._lock:
             debt, self._shed = self._shed, 0
-        if debt:
-            self._shed_oldest(debt)
+        return debt
 
     def _release(self, events: int) -> None:
         """``events`` left the pipeline (written, dropped or dead-lettered)."""
@@ -666,10 +580,3 @@ class SSEEventBatcher:
         """The oldest sequence number in the inbox, or the next one when it is empty."""
         with self._lock:
             return self._inbox[0][6] if self._inbox else self._next_seq
-
-    async def _dead_letter_leftovers(self) -> None:
-        """At close, after the tasks ended: keep what is still unwritten, say so."""
-        with anyio.CancelScope(shield=True):
-            self._drain_inbox()
-            self._aggregator.seal_all("close")
-            await self._writer.keep_leftovers([f.item for f in self._aggregator.ready(math.inf)])

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BatcherStats", "LatencyWindow", "WorkerInfo"]
+__all__ = ["BatcherStats", "LatencyWindow", "SourceCounters", "WorkerInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,18 @@ class WorkerInfo:
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
         return asdict(self)
+
+
+class SourceCounters:
+    """Live counters for one source: the assembler counts events in, the writer
+    counts messages out; ``WorkerInfo`` is their snapshot."""
+
+    __slots__ = ("events_in", "last_seen", "messages_out")
+
+    def __init__(self) -> None:
+        self.events_in = 0
+        self.messages_out = 0
+        self.last_seen: float | None = None
 
 
 class LatencyWindow:

@@ -29,10 +29,9 @@ from ._dead_letter import DeadLetterStore
 from ._events import EncodedEvent, StoredEvent
 from ._journal import Journal
 from ._sink import Sink
-from ._stats import LatencyWindow
+from ._stats import LatencyWindow, SourceCounters
 
 if TYPE_CHECKING:
-    from ._batcher import _Worker
     from ._sink import SinkSet
 
 __all__ = ["JournalWriter"]
@@ -70,7 +69,7 @@ class JournalWriter:
         retry_delay: float,
         drain_timeout: float,
         sinks: Sequence[Sink],
-        workers: Mapping[str, _Worker],
+        workers: Mapping[str, SourceCounters],
         release: Callable[[int], None],
         progress: Callable[[], None],
     ) -> None:

@@ -120,8 +120,8 @@ class AsyncRemotePublisher(
             source: overrides the publisher's source for this event.
             ts: Unix time of the event; default now.
         """
+        verdict = self._offer(type, data, source, ts)
         try:
-            verdict = self._core.offer(type, data, source, ts, uuid.uuid4().hex)
             if verdict == "spill_now" or (verdict == "spill" and self._tg is None):
                 # The background spill did not keep up (or there is none yet): keep
                 # memory bounded at the price of one blocking write here.
@@ -149,14 +149,21 @@ class AsyncRemotePublisher(
             source: overrides the publisher's source for this event.
             ts: Unix time of the event; default now.
         """
-        verdict = "ok"
-        try:
-            verdict = self._core.offer(type, data, source, ts, uuid.uuid4().hex)
-        except Exception:
-            logger.debug("publish failed", exc_info=True)
+        verdict = self._offer(type, data, source, ts)
         if verdict in ("spill", "spill_now") and not self._spilling:
             self._spilling = True
             await self._spill()
+
+    def _offer(
+        self, type: str, data: Mapping[str, Any] | None, source: str | None, ts: float | None
+    ) -> str:
+        """Hand one event, with a fresh uid, to the core; never raises (publishing
+        must not fail a worker): an error is logged and reads as accepted."""
+        try:
+            return self._core.offer(type, data, source, ts, uuid.uuid4().hex)
+        except Exception:
+            logger.debug("publish failed", exc_info=True)
+            return "ok"
 
     async def flush(self) -> None:
         """Send everything published so far now; wait until sent, rejected or spooled.

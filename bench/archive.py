@@ -32,9 +32,8 @@ from typing import Any, Self
 import anyio
 
 from bench import row
-from sse_batcher._archive import ArchiveSink
-from sse_batcher._events import Event, Position, StoredEvent, encode_data
-from sse_batcher._sink import SinkSet
+from sse_batcher import ArchiveSink, Event, Position, SinkSet, StoredEvent
+from sse_batcher.batching._events import encode_data
 
 __all__ = ["run"]
 

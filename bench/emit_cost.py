@@ -20,9 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._exceptions import QueueFull
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import QueueFull, SQLiteJournal, SSEEventBatcher
 
 from . import percentile, row, tmpdir
 

@@ -37,9 +37,7 @@ async def _serve_ours(args: argparse.Namespace) -> None:
     import anyio
     import uvicorn
 
-    from sse_batcher._app import create_app
-    from sse_batcher._batcher import SSEEventBatcher
-    from sse_batcher._sqlite_journal import SQLiteJournal
+    from sse_batcher import SQLiteJournal, SSEEventBatcher, create_app
 
     published: dict[str, float] = {}
 
@@ -200,9 +198,7 @@ async def wake_cost(directory: str, subscribers: int = 1000, rounds: int = 15) -
 
     import anyio
 
-    from sse_batcher._events import EncodedEvent, Event
-    from sse_batcher._hub import Hub
-    from sse_batcher._sqlite_journal import SQLiteJournal
+    from sse_batcher import EncodedEvent, Event, Hub, SQLiteJournal
 
     state = {"received": 0, "target": 0, "last": 0.0}
     done = anyio.Event()

@@ -27,9 +27,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._exceptions import QueueFull
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import QueueFull, SQLiteJournal, SSEEventBatcher
 
 from . import row, tmpdir
 

@@ -74,7 +74,7 @@ def _baseline_app(journal: SlowJournal) -> Any:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from sse_batcher._events import EncodedEvent, Event
+    from sse_batcher import EncodedEvent, Event
 
     async def ingest(request: Request) -> Response:
         entry = orjson.loads(await request.body())
@@ -101,9 +101,7 @@ def serve(mode: str, port: int, db: str, delay: float) -> None:
     """Run one server until SIGTERM (the batched one drains its batcher on the way out)."""
     import uvicorn
 
-    from sse_batcher._app import create_app
-    from sse_batcher._batcher import SSEEventBatcher
-    from sse_batcher._sqlite_journal import SQLiteJournal
+    from sse_batcher import SQLiteJournal, SSEEventBatcher, create_app
 
     journal = SlowJournal(SQLiteJournal(db), delay)
     if mode == "batched":

@@ -27,9 +27,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._hub import Hub
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import Hub, SQLiteJournal, SSEEventBatcher
 
 from . import row, tmpdir
 

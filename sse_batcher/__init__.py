@@ -3,13 +3,7 @@ in one write, and stream them to browsers over resumable Server-Sent Events."""
 
 from __future__ import annotations
 
-from ._aggregation import AggregationRule, batch_type_for
-from ._app import create_app
-from ._archive import ArchiveSink
-from ._async_publisher import AsyncRemotePublisher
-from ._batcher import SSEEventBatcher
-from ._events import EncodedEvent, Event, Position, StoredEvent
-from ._exceptions import (
+from sse_batcher._exceptions import (
     BatcherClosed,
     ConfigError,
     InvalidCursor,
@@ -20,16 +14,22 @@ from ._exceptions import (
     QueueFull,
     SSEBatcherError,
 )
-from ._hub import Hub
-from ._journal import Journal, Resume
-from ._log_handler import BatchLogHandler
-from ._mixin import EmitStats, SSEBroadcasterMixin
-from ._publish_model import PublisherStats, in_publisher_context
-from ._publisher import RemotePublisher
-from ._redis_journal import RedisJournal
-from ._sink import Sink, SinkSet
-from ._sqlite_journal import SQLiteJournal
-from ._stats import BatcherStats, WorkerInfo
+from sse_batcher.batching._aggregation import AggregationRule, batch_type_for
+from sse_batcher.batching._batcher import SSEEventBatcher
+from sse_batcher.batching._events import EncodedEvent, Event, Position, StoredEvent
+from sse_batcher.batching._journal import Journal, Resume
+from sse_batcher.batching._sink import Sink, SinkSet
+from sse_batcher.batching._stats import BatcherStats, WorkerInfo
+from sse_batcher.journals.redis._journal import RedisJournal
+from sse_batcher.journals.sqlite._journal import SQLiteJournal
+from sse_batcher.publishing._async_publisher import AsyncRemotePublisher
+from sse_batcher.publishing._model import PublisherStats, in_publisher_context
+from sse_batcher.publishing._publisher import RemotePublisher
+from sse_batcher.service._app import create_app
+from sse_batcher.service._hub import Hub
+from sse_batcher.sinks._archive import ArchiveSink
+from sse_batcher.workers._log_handler import BatchLogHandler
+from sse_batcher.workers._mixin import EmitStats, SSEBroadcasterMixin
 
 __version__ = "0.1.0"
 

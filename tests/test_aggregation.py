@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_batcher import AggregationRule, ConfigError, batch_type_for
-from sse_batcher._aggregation import Aggregator, Flushed, Member, RuleSet
+from sse_batcher.batching._aggregation import Aggregator, Flushed, Member, RuleSet
 
 
 def member(

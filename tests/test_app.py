@@ -16,10 +16,8 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
-from sse_batcher._app import STATIC_DIR, create_app
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._exceptions import ConfigError
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import ConfigError, SQLiteJournal, SSEEventBatcher, create_app
+from sse_batcher.service._app import STATIC_DIR
 
 from .servers import app_client
 

@@ -17,10 +17,16 @@ import anyio
 import orjson
 import pytest
 
-from sse_batcher._archive import ArchiveSink, sanitize
-from sse_batcher._events import Event, Position, StoredEvent
-from sse_batcher._exceptions import BatcherClosed, ConfigError
-from sse_batcher._sink import SinkSet
+from sse_batcher import (
+    ArchiveSink,
+    BatcherClosed,
+    ConfigError,
+    Event,
+    Position,
+    SinkSet,
+    StoredEvent,
+)
+from sse_batcher.sinks._archive import sanitize
 
 pytestmark = pytest.mark.anyio
 
@@ -199,8 +205,8 @@ EMFILE_SCRIPT = textwrap.dedent(
     """
     import json, os, resource, sys
     import anyio, orjson
-    from sse_batcher._archive import ArchiveSink
-    from sse_batcher._events import Event, Position, StoredEvent
+    from sse_batcher import ArchiveSink
+    from sse_batcher import Event, Position, StoredEvent
 
     async def main():
         open_now = len(os.listdir("/proc/self/fd"))
@@ -319,8 +325,7 @@ async def test_lifecycle_refuses_use_outside_and_reuse(tmp_path: Path) -> None:
 
 
 async def test_batcher_journal_and_archive_end_to_end(tmp_path: Path) -> None:
-    from sse_batcher._batcher import SSEEventBatcher
-    from sse_batcher._sqlite_journal import SQLiteJournal
+    from sse_batcher import SQLiteJournal, SSEEventBatcher
 
     archive = ArchiveSink(tmp_path / "archive", max_open_files=8)
     async with SQLiteJournal(tmp_path / "events.db") as journal:
@@ -348,7 +353,7 @@ async def test_batcher_journal_and_archive_end_to_end(tmp_path: Path) -> None:
 def test_file_pool_waits_for_a_claimed_path_and_refuses_after_close(tmp_path: Path) -> None:
     import threading
 
-    from sse_batcher._file_pool import FilePool
+    from sse_batcher.sinks._file_pool import FilePool
 
     pool = FilePool(2)
     path = str(tmp_path / "d" / "f.jsonl")

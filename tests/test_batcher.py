@@ -23,10 +23,10 @@ from sse_batcher import (
     Event,
     InvalidEvent,
     QueueFull,
+    SQLiteJournal,
     SSEEventBatcher,
     StoredEvent,
 )
-from sse_batcher._sqlite_journal import SQLiteJournal
 
 pytestmark = pytest.mark.anyio
 

@@ -244,7 +244,7 @@ def test_throwing_handler_does_not_stop_the_others_and_close_stops() -> None:
 
 
 def test_batch_type_convention_matches_the_server() -> None:
-    from sse_batcher._aggregation import batch_type_for
+    from sse_batcher import batch_type_for
 
     names = ["JOB_STARTED", "THUMBNAIL_GENERATED", "PING", "STATUS_CHANGED", "X_", "_X", "A_B_C"]
     with serve_in_thread(scripted_app([])) as base, open_harness(base) as page:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from sse_batcher._cli import _OPTIONS, add_server_options, build_app, main, server_settings
+from sse_batcher.cli._main import _OPTIONS, add_server_options, build_app, main, server_settings
 
 from .servers import ServerProcess
 

@@ -15,11 +15,8 @@ import anyio
 import httpx
 import pytest
 
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._demo import DEMO_RULES, OVERLAY_LOGGER, DemoWorkers
-from sse_batcher._events import StoredEvent
-from sse_batcher._exceptions import BatcherClosed, ConfigError
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import BatcherClosed, ConfigError, SQLiteJournal, SSEEventBatcher, StoredEvent
+from sse_batcher.cli._demo_workers import DEMO_RULES, OVERLAY_LOGGER, DemoWorkers
 
 from .conftest import free_port
 

@@ -15,10 +15,17 @@ import anyio.lowlevel
 import orjson
 import pytest
 
-from sse_batcher._events import EncodedEvent, Event, encode_data
-from sse_batcher._exceptions import BatcherClosed, ConfigError, QueueFull
-from sse_batcher._hub import HEARTBEAT_MESSAGE, Hub, batch_types_for
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import (
+    BatcherClosed,
+    ConfigError,
+    EncodedEvent,
+    Event,
+    Hub,
+    QueueFull,
+    SQLiteJournal,
+)
+from sse_batcher.batching._events import encode_data
+from sse_batcher.service._hub import HEARTBEAT_MESSAGE, batch_types_for
 
 pytestmark = pytest.mark.anyio
 

@@ -12,11 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._events import StoredEvent
-from sse_batcher._exceptions import QueueFull
-from sse_batcher._log_handler import BatchLogHandler
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import BatchLogHandler, QueueFull, SQLiteJournal, SSEEventBatcher, StoredEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -293,8 +289,7 @@ async def test_logging_from_threads(batcher: SSEEventBatcher, log: logging.Logge
 
 
 async def test_ships_through_a_remote_publisher(tmp_path: Path, log: logging.Logger) -> None:
-    from sse_batcher._app import create_app
-    from sse_batcher._publisher import RemotePublisher
+    from sse_batcher import RemotePublisher, create_app
 
     from .servers import serve_app
 
@@ -323,8 +318,7 @@ async def test_ships_through_a_remote_publisher(tmp_path: Path, log: logging.Log
 
 
 async def test_ships_through_an_async_publisher(tmp_path: Path, log: logging.Logger) -> None:
-    from sse_batcher._app import create_app
-    from sse_batcher._async_publisher import AsyncRemotePublisher
+    from sse_batcher import AsyncRemotePublisher, create_app
 
     from .servers import serve_app
 

@@ -11,11 +11,16 @@ from typing import Any
 import anyio
 import pytest
 
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._events import StoredEvent
-from sse_batcher._exceptions import BatcherClosed, InvalidEvent, QueueFull
-from sse_batcher._mixin import EmitStats, SSEBroadcasterMixin
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import (
+    BatcherClosed,
+    EmitStats,
+    InvalidEvent,
+    QueueFull,
+    SQLiteJournal,
+    SSEBroadcasterMixin,
+    SSEEventBatcher,
+    StoredEvent,
+)
 
 pytestmark = pytest.mark.anyio
 

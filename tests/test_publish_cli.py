@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from sse_batcher._publish_cli import EX_TEMPFAIL, add_parser, run
+from sse_batcher.cli._publish import EX_TEMPFAIL, add_parser, run
 
 
 def parse(*argv: str) -> argparse.Namespace:

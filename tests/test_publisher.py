@@ -21,10 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_batcher._async_publisher import AsyncRemotePublisher
-from sse_batcher._publish_model import PublisherStats, encode_event, in_publisher_context
-from sse_batcher._publisher import RemotePublisher
-from sse_batcher._spool import Spool
+from sse_batcher import AsyncRemotePublisher, PublisherStats, RemotePublisher, in_publisher_context
+from sse_batcher.publishing._model import encode_event
+from sse_batcher.publishing._spool import Spool
 
 URL = "http://publisher.test"
 

@@ -13,15 +13,20 @@ import anyio
 import pytest
 import redis
 
-from sse_batcher._events import EncodedEvent, Event, Position, StoredEvent, encode_data
-from sse_batcher._exceptions import (
+from sse_batcher import (
     BatcherClosed,
     ConfigError,
+    EncodedEvent,
+    Event,
     InvalidCursor,
+    Journal,
     JournalUnavailable,
+    Position,
+    RedisJournal,
+    StoredEvent,
 )
-from sse_batcher._journal import Journal, parse_event_id
-from sse_batcher._redis_journal import RedisJournal
+from sse_batcher.batching._events import encode_data
+from sse_batcher.batching._journal import parse_event_id
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]

@@ -11,9 +11,8 @@ import anyio
 import orjson
 import pytest
 
-from sse_batcher._events import Event, Position, StoredEvent
-from sse_batcher._exceptions import BatcherClosed, ConfigError
-from sse_batcher._sink import Sink, SinkSet, event_nbytes, is_error_event
+from sse_batcher import BatcherClosed, ConfigError, Event, Position, Sink, SinkSet, StoredEvent
+from sse_batcher.batching._sink import event_nbytes, is_error_event
 
 pytestmark = pytest.mark.anyio
 

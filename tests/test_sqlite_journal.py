@@ -12,10 +12,19 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from sse_batcher._events import EncodedEvent, Event, Position, StoredEvent, encode_data
-from sse_batcher._exceptions import BatcherClosed, ConfigError, InvalidCursor, JournalUnavailable
-from sse_batcher._journal import Journal
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import (
+    BatcherClosed,
+    ConfigError,
+    EncodedEvent,
+    Event,
+    InvalidCursor,
+    Journal,
+    JournalUnavailable,
+    Position,
+    SQLiteJournal,
+    StoredEvent,
+)
+from sse_batcher.batching._events import encode_data
 
 pytestmark = pytest.mark.anyio
 

@@ -20,10 +20,7 @@ import pytest
 from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 from starlette.applications import Starlette
 
-from sse_batcher._aggregation import AggregationRule
-from sse_batcher._app import create_app
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import AggregationRule, SQLiteJournal, SSEEventBatcher, create_app
 
 from .servers import serve_app
 

@@ -16,11 +16,8 @@ from typing import Any
 
 import anyio
 
-from sse_batcher._app import create_app
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._cli import run_server
-from sse_batcher._events import EncodedEvent, StoredEvent
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import EncodedEvent, SQLiteJournal, SSEEventBatcher, StoredEvent, create_app
+from sse_batcher.cli._main import run_server
 
 from ..servers import ServerProcess
 

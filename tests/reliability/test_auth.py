@@ -17,11 +17,9 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from sse_batcher import _auth
-from sse_batcher._app import create_app
-from sse_batcher._auth import TokenGate
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import SQLiteJournal, SSEEventBatcher, create_app
+from sse_batcher.service import _auth
+from sse_batcher.service._auth import TokenGate
 
 from ..servers import app_client, serve_app
 from .helpers import RawSSEClient

@@ -26,9 +26,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sse_batcher._app import create_app
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import SQLiteJournal, SSEEventBatcher, create_app
 
 from ..servers import app_client, serve_app
 from .helpers import RawSSEClient

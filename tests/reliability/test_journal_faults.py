@@ -29,11 +29,14 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from sse_batcher._app import create_app
-from sse_batcher._batcher import SSEEventBatcher
-from sse_batcher._events import EncodedEvent, StoredEvent
-from sse_batcher._exceptions import JournalUnavailable
-from sse_batcher._sqlite_journal import SQLiteJournal
+from sse_batcher import (
+    EncodedEvent,
+    JournalUnavailable,
+    SQLiteJournal,
+    SSEEventBatcher,
+    StoredEvent,
+    create_app,
+)
 
 from ..servers import app_client
 from .helpers import members, poll, sqlite_lock, stored_rows, stored_values

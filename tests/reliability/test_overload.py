@@ -190,9 +190,7 @@ async def test_written_events_are_not_retained(tmp_path: Path) -> None:
     import gc
     import tracemalloc
 
-    from sse_batcher._batcher import SSEEventBatcher
-    from sse_batcher._events import Event
-    from sse_batcher._sqlite_journal import SQLiteJournal
+    from sse_batcher import Event, SQLiteJournal, SSEEventBatcher
 
     async with (
         SQLiteJournal(tmp_path / "r.db") as journal,

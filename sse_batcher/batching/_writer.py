@@ -1,0 +1,307 @@
+"""JournalWriter: the batcher's write side, from its write queue to the journal and sinks.
+
+    write queue ──► take everything queued (≤ 10,000 events) ──► Journal.append (shielded)
+        ok ──► counters, sinks, dead letters re-appended first next time, progress
+        error ──► retry_delay · 2^n · jitter ─ after max_retries ──► dead-letter store
+
+It is owned by ``SSEEventBatcher``: entered in its exit stack, ``run`` started in its
+task group, and told through two callbacks when events leave the pipeline
+(``release``) and when the low-water mark may have moved (``progress``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from os import PathLike
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from anyio.abc import TaskStatus
+
+from sse_batcher.batching._aggregation import Flushed
+from sse_batcher.batching._dead_letter import DeadLetterStore
+from sse_batcher.batching._events import EncodedEvent, StoredEvent
+from sse_batcher.batching._journal import Journal
+from sse_batcher.batching._sink import Sink
+from sse_batcher.batching._stats import LatencyWindow, SourceCounters
+
+if TYPE_CHECKING:
+    from sse_batcher.batching._sink import SinkSet
+
+__all__ = ["JournalWriter"]
+
+# The batcher's logger: these messages were always the batcher's, and users filter on it.
+logger = logging.getLogger("sse_batcher.batcher")
+
+_MAX_WRITE_EVENTS = 10_000  # events per journal transaction at most
+_MAX_RECOVERY_DELAY = 30.0  # seconds between probes of a failing journal, at most
+
+
+class JournalWriter:
+    """Appends queued batches to the journal in order, retrying, then dead-lettering.
+
+    Args:
+        journal: the open journal to append to.
+        dead_letter_path: JSON-lines file for batches the journal refused; None
+            keeps them in memory.
+        max_retries: journal retries per batch before it is dead-lettered.
+        retry_delay: first retry delay in seconds; doubles each retry, with jitter.
+        drain_timeout: how long the sinks may drain at close (and what the
+            leftovers log line reports).
+        sinks: secondary destinations fed after each append.
+        workers: the batcher's per-source counters (``messages_out`` is counted here).
+        release: called with a count of events that left the pipeline.
+        progress: called after each batch, when the low-water mark may have moved.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        dead_letter_path: str | PathLike[str] | None,
+        max_retries: int,
+        retry_delay: float,
+        drain_timeout: float,
+        sinks: Sequence[Sink],
+        workers: Mapping[str, SourceCounters],
+        release: Callable[[int], None],
+        progress: Callable[[], None],
+    ) -> None:
+        self._journal = journal
+        self._dead_letters = DeadLetterStore(dead_letter_path)
+        self._max_retries = max_retries
+        self._retry_delay = retry_delay
+        self._drain_timeout = drain_timeout
+        self._sinks = tuple(sinks)
+        self._workers = workers
+        self._release = release
+        self._progress = progress
+        self._queue: deque[Flushed] = deque()
+        self._writable = anyio.Event()
+        self._inflight: list[EncodedEvent] = []
+        self._inflight_seq: int | None = None
+        self._sink_set: SinkSet | None = None
+        self._exit_stack: AsyncExitStack | None = None
+        self.queued_bytes = 0  # encoded bytes in the write queue (not in flight)
+        # False from a failed journal append until the next successful one: /health
+        # reports it, because a journal can answer reads while every write fails.
+        self.healthy = True
+        self.latency = LatencyWindow()
+        self.counts: dict[str, int] = dict.fromkeys(
+            (
+                "members_out",
+                "messages_out",
+                "batches_created",
+                "writes",
+                "retries",
+                "failed_writes",
+                "dead_lettered",
+                "dead_letter_replayed",
+                "stream_only_lost",
+            ),
+            0,
+        )
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            if self._sinks:
+                from sse_batcher.batching._sink import SinkSet
+
+                self._sink_set = await stack.enter_async_context(
+                    SinkSet(self._sinks, drain_timeout=self._drain_timeout)
+                )
+            await self._dead_letters.load()  # counts what an earlier run left behind
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._exit_stack is not None
+        await self._exit_stack.aclose()  # the sinks drain and close
+
+    # -- the batcher's side ----------------------------------------------------------
+
+    @property
+    def dead_letter_pending(self) -> int:
+        """Events in the dead-letter store, waiting for the journal to recover."""
+        return self._dead_letters.pending
+
+    def sink_stats(self) -> dict[str, Any]:
+        """Per-sink counters (empty without sinks)."""
+        return dict(self._sink_set.stats()) if self._sink_set is not None else {}
+
+    def enqueue(self, ready: list[Flushed]) -> None:
+        """Queue sealed groups, in order, and wake the writer."""
+        self._queue.extend(ready)
+        self.queued_bytes += sum(len(f.item.data_json) for f in ready)
+        self._writable.set()
+
+    def drop_oldest(self, n: int) -> int:
+        """Drop queued writes from the front until ``n`` events are gone (or none are
+        left); returns how many were dropped. The caller counts and releases them."""
+        dropped = 0
+        while dropped < n and self._queue:
+            flushed = self._queue.popleft()
+            dropped += flushed.item.members
+            self.queued_bytes -= len(flushed.item.data_json)
+        return dropped
+
+    def oldest_seq(self) -> int | None:
+        """The sequence number of the oldest event queued or in flight, if any."""
+        oldest = self._queue[0].first_seq if self._queue else None
+        if self._inflight_seq is not None and (oldest is None or self._inflight_seq < oldest):
+            oldest = self._inflight_seq
+        return oldest
+
+    async def keep_leftovers(self, unsealed: list[EncodedEvent]) -> None:
+        """At close, after the tasks ended: keep what is still unwritten (what was in
+        flight, then queued, then ``unsealed`` from the groups), and say so."""
+        leftovers = self._inflight + [f.item for f in self._queue] + unsealed
+        self._inflight = []
+        self._queue.clear()
+        self.queued_bytes = 0
+        if leftovers:
+            logger.error(
+                "drain deadline (%.1fs) passed: %d events not written, kept in %s",
+                self._drain_timeout,
+                sum(i.members for i in leftovers),
+                self._dead_letters.path or "memory (lost at exit)",
+            )
+            await self._dead_letter(leftovers)
+
+    # -- the task --------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """Write until cancelled (the batcher cancels its task group at close)."""
+        task_status.started()
+        recovery_delay = self._retry_delay or 0.1
+        while True:
+            if not self._queue:
+                self._writable = anyio.Event()
+                if not self._dead_letters.pending:
+                    await self._writable.wait()
+                    continue
+                # Dead letters wait for the journal to recover even without new
+                # traffic: probe it with a growing delay.
+                with anyio.move_on_after(recovery_delay):
+                    await self._writable.wait()
+                if not self._queue:
+                    if await self._replay_dead_letters():
+                        recovery_delay = self._retry_delay or 0.1
+                    else:
+                        recovery_delay = min(recovery_delay * 2, _MAX_RECOVERY_DELAY)
+                    continue
+            batch: list[EncodedEvent] = []
+            self._inflight_seq = self._queue[0].first_seq
+            while self._queue and len(batch) < _MAX_WRITE_EVENTS:
+                batch.append(self._queue.popleft().item)
+            self._inflight = batch
+            await self._write(batch)
+            self._inflight = []
+            self._inflight_seq = None
+            self._progress()
+
+    async def _write(self, batch: list[EncodedEvent]) -> None:
+        self.queued_bytes -= sum(len(i.data_json) for i in batch)
+        # Dead letters are older than anything queued: they go first, and while
+        # they cannot be written the new batch queues behind them, so the journal
+        # keeps emit order through a fault.
+        if self._dead_letters.pending and not await self._replay_dead_letters():
+            with anyio.CancelScope(shield=True):
+                await self._dead_letter(batch)
+            return
+        stored = await self._append_with_retry(batch)
+        if stored is None:
+            logger.error(
+                "journal refused %d events after %d retries; dead-lettered to %s",
+                sum(i.members for i in batch),
+                self._max_retries,
+                self._dead_letters.path or "memory",
+            )
+            with anyio.CancelScope(shield=True):
+                await self._dead_letter(batch)
+            return
+        self._record_written(batch, stored)
+        self._release(sum(i.members for i in batch))
+
+    async def _dead_letter(self, batch: list[EncodedEvent]) -> None:
+        durable = [i for i in batch if i.persist]
+        kept = sum(i.members for i in durable)
+        total = sum(i.members for i in batch)
+        self.counts["dead_lettered"] += kept
+        self.counts["stream_only_lost"] += total - kept
+        if durable:
+            await self._dead_letters.add(durable)
+        self._release(total)
+
+    def _record_written(self, batch: list[EncodedEvent], stored: list[StoredEvent]) -> None:
+        c = self.counts
+        c["writes"] += 1
+        now = time.monotonic()
+        for item in batch:
+            c["members_out"] += item.members
+            c["messages_out"] += 1
+            if item.members > 1:
+                c["batches_created"] += 1
+            worker = self._workers.get(item.event.source)
+            if worker is not None:
+                worker.messages_out += 1
+            if item.emitted_at:
+                self.latency.add(now - item.emitted_at)
+        if self._sink_set is not None and stored:
+            self._sink_set.offer(stored)
+
+    async def _append_with_retry(self, batch: list[EncodedEvent]) -> list[StoredEvent] | None:
+        for attempt in range(self._max_retries + 1):
+            try:
+                # Shielded: a commit that is under way must be seen to its end, or a
+                # cancelled-but-committed batch would be dead-lettered and stored twice.
+                with anyio.CancelScope(shield=True):
+                    stored: list[StoredEvent] = await self._journal.append(batch)
+                self.healthy = True
+                return stored
+            except Exception as exc:
+                self.healthy = False
+                self.counts["failed_writes"] += 1
+                if attempt == self._max_retries:
+                    logger.warning("journal append failed (%s); giving up on this batch", exc)
+                    return None
+                self.counts["retries"] += 1
+                delay = self._retry_delay * (2**attempt) * random.uniform(0.5, 1.5)
+                logger.warning("journal append failed (%s); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+        return None
+
+    async def _replay_dead_letters(self) -> bool:
+        """Re-append dead letters in order, shrinking the store after each chunk.
+
+        Returns True when none are left.
+        """
+        items = await self._dead_letters.load()
+        while items:
+            chunk, rest = items[:_MAX_WRITE_EVENTS], items[_MAX_WRITE_EVENTS:]
+            try:
+                with anyio.CancelScope(shield=True):
+                    stored = await self._journal.append(chunk)
+            except Exception as exc:
+                self.healthy = False
+                self.counts["failed_writes"] += 1
+                logger.warning("dead-letter replay failed (%s); will retry later", exc)
+                return False
+            self.healthy = True
+            self.counts["dead_letter_replayed"] += sum(i.members for i in chunk)
+            self._record_written(chunk, stored)
+            with anyio.CancelScope(shield=True):
+                await self._dead_letters.replace(rest)
+            items = rest
+        return True

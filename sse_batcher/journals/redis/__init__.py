@@ -1,0 +1,4 @@
+"""The Redis Streams journal for several nodes.
+
+May import: ``sse_batcher.batching`` and ``sse_batcher._exceptions``.
+"""

@@ -1,0 +1,393 @@
+"""``create_app``: the Starlette service around a batcher, its journal and a hub.
+
+Routes (the HTTP contract of DESIGN.md)::
+
+    GET  /events               SSE stream (replay after Last-Event-ID, then live)
+    POST /events               ingest: object, array or {"events": [...]}
+    GET  /events/history       the same events as JSON pages
+    GET  /workers              sources seen, counts, batching switch
+    PATCH /workers/{name}      {"batching": bool}
+    GET  /stats  /metrics      counters as JSON / Prometheus text
+    GET  /health               200 when the journal answers, 503 otherwise
+    GET  /  and  /static/*     the dashboard
+
+Shutdown::
+
+    SIGTERM ─► uvicorn stops accepting ─► sse-starlette sees should_exit ─► open
+    streams end (clients reconnect elsewhere with Last-Event-ID) ─► lifespan exit:
+    close any stream left ─► batcher.aclose() drains ─► hub ─► journal
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from sse_batcher._exceptions import (
+    BatcherClosed,
+    ConfigError,
+    InvalidCursor,
+    InvalidEvent,
+    QueueFull,
+)
+from sse_batcher.batching._batcher import SSEEventBatcher
+from sse_batcher.batching._journal import Journal
+from sse_batcher.service._auth import TokenGate
+from sse_batcher.service._hub import Hub, OnReset
+from sse_batcher.service._ingest import Ingest
+from sse_batcher.service._metrics import CONTENT_TYPE, StatsRegistry
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("sse_batcher.app")
+
+STATIC_DIR = Path(__file__).parent.parent / "static"
+HISTORY_DEFAULT_LIMIT = 100
+HISTORY_MAX_LIMIT = 1000
+HEALTH_TIMEOUT = 5.0
+SHUTDOWN_GRACE_PERIOD = 2.0  # seconds a stream may take to end cleanly at shutdown
+
+
+def json_response(content: Any, status_code: int = 200, **headers: str) -> Response:
+    """A JSON response encoded with orjson."""
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers or None,
+    )
+
+
+def error(status_code: int, message: str, **headers: str) -> Response:
+    return json_response({"error": message}, status_code, **headers)
+
+
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response without its ``Connection: keep-alive`` header: the
+    header is hop-by-hop, forbidden in HTTP/2, and the server manages keep-alive."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.headers["connection"]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    return names or None
+
+
+class _Service:
+    """The route handlers and the lifespan, sharing one configuration."""
+
+    def __init__(
+        self,
+        batcher: SSEEventBatcher,
+        journal: Journal,
+        hub: Hub,
+        gate: TokenGate,
+        ingest: Ingest,
+        *,
+        retry_ms: int,
+        manage_lifecycle: bool,
+    ) -> None:
+        self.batcher = batcher
+        self.journal = journal
+        self.hub = hub
+        self.gate = gate
+        self.ingest = ingest
+        self.retry_ms = retry_ms
+        self.manage_lifecycle = manage_lifecycle
+        self.shutdown_event: anyio.Event | None = None
+        self.registry = StatsRegistry(self.stats_sections)
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.shutdown_event = anyio.Event()
+        # Task groups entered by hand must exit in reverse order, so the hub enters
+        # before the batcher: exit is then batcher (drain), hub, journal. The hub's
+        # tail is registered before the batcher can append anything.
+        async with AsyncExitStack() as stack:
+            if self.manage_lifecycle:
+                await stack.enter_async_context(self.journal)
+            await stack.enter_async_context(self.hub)
+            await self.ingest.seed_uids(self.journal)
+            if self.manage_lifecycle:
+                await stack.enter_async_context(self.batcher)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._end_streams_on_shutdown, self.shutdown_event)
+                try:
+                    yield
+                finally:
+                    # Streams end first (clients resume what the drain writes from the
+                    # journal); leaving the stack then drains the batcher and closes
+                    # the hub and the journal.
+                    self.shutdown_event.set()
+
+    async def _end_streams_on_shutdown(self, shutdown: anyio.Event) -> None:
+        # sse-starlette sets the shared shutdown event when the server starts to shut
+        # down; ending the hub's iterators lets every response finish cleanly (final
+        # chunk sent) within its grace period instead of being cancelled mid-response.
+        await shutdown.wait()
+        self.hub.close_streams()
+
+    # -- the stream ---------------------------------------------------------------
+
+    async def stream(self, request: Request) -> Response:
+        denied = self.gate.subscriber(request)
+        if denied is not None:
+            return denied
+        params = request.query_params
+        on_reset = params.get("on_reset", "live")
+        if on_reset not in ("live", "oldest"):
+            return error(400, "on_reset must be 'live' or 'oldest'")
+        cursor = request.headers.get("last-event-id") or params.get("last_event_id") or None
+        chunks = self._chunks(
+            cursor=cursor.strip() if cursor else None,
+            types=_csv(params.get("types")),
+            sources=_csv(params.get("sources")),
+            on_reset="oldest" if on_reset == "oldest" else "live",
+        )
+        # Heartbeats come from the hub (only when the stream is idle), so ping=0.
+        return _EventStream(
+            chunks,
+            ping=0,
+            shutdown_event=self.shutdown_event,
+            shutdown_grace_period=SHUTDOWN_GRACE_PERIOD,
+        )
+
+    async def _chunks(
+        self,
+        *,
+        cursor: str | None,
+        types: Sequence[str] | None,
+        sources: Sequence[str] | None,
+        on_reset: OnReset,
+    ) -> AsyncGenerator[bytes, None]:
+        try:
+            async with self.hub.subscribe(
+                after_cursor=cursor, types=types, sources=sources, on_reset=on_reset
+            ) as chunks:
+                yield b"retry: %d\n\n" % self.retry_ms
+                async for chunk in chunks:
+                    yield chunk
+        except (QueueFull, BatcherClosed) as exc:
+            # 200 with a long retry hint, then close: a non-200 status would stop a
+            # browser's EventSource for good.
+            reason = "too many subscribers" if isinstance(exc, QueueFull) else "shutting down"
+            yield b"retry: %d\n: %s; try again later\n\n" % (self.retry_ms * 10, reason.encode())
+
+    # -- JSON routes --------------------------------------------------------------
+
+    async def history(self, request: Request) -> Response:
+        denied = self.gate.subscriber(request)
+        if denied is not None:
+            return denied
+        params = request.query_params
+        after = params.get("after") or None
+        try:
+            limit = int(params.get("limit", HISTORY_DEFAULT_LIMIT))
+        except ValueError:
+            return error(400, "limit must be an integer")
+        if limit < 1:
+            return error(400, "limit must be at least 1")
+        limit = min(limit, HISTORY_MAX_LIMIT)
+        position = None
+        reset = None
+        try:
+            if after is not None:
+                resume = await self.journal.resume(after)
+                position = resume.after
+                if resume.reset is not None:
+                    reset = {"reason": resume.reset, "oldest_id": resume.oldest_id}
+            rows = await self.journal.read_after(position, limit)
+        except InvalidCursor as exc:
+            return error(400, str(exc))
+        except Exception as exc:
+            logger.warning("history read failed: %s", exc)
+            return error(503, f"journal unavailable: {exc}", **{"Retry-After": "1"})
+        next_id = rows[-1].id if rows else (after if reset is None else None)
+        body = b"".join(
+            (
+                b'{"events":[',
+                b",".join(row.envelope_json() for row in rows),
+                b'],"next":',
+                orjson.dumps(next_id),
+                b',"more":',
+                b"true" if len(rows) == limit else b"false",
+                b',"reset":',
+                orjson.dumps(reset),
+                b"}",
+            )
+        )
+        return Response(body, media_type="application/json")
+
+    async def workers(self, request: Request) -> Response:
+        return json_response({"workers": [w.as_dict() for w in self.batcher.workers()]})
+
+    async def patch_worker(self, request: Request) -> Response:
+        denied = self.gate.publisher(request)
+        if denied is not None:
+            return denied
+        name = request.path_params["name"]
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return error(400, f"the body is not valid JSON: {exc}")
+        if not isinstance(body, dict) or set(body) != {"batching"}:
+            return error(400, 'the body must be {"batching": true|false}')
+        if not isinstance(body["batching"], bool):
+            return error(400, "batching must be true or false")
+        try:
+            self.batcher.set_batching(name, body["batching"])
+        except InvalidEvent as exc:
+            return error(400, f"invalid worker name: {exc}")
+        return json_response({"name": name, "batching": self.batcher.batching_enabled(name)})
+
+    def stats_sections(self) -> dict[str, dict[str, Any]]:
+        return {
+            "batcher": self.batcher.stats().as_dict(),
+            "journal": dict(self.journal.stats()),
+            "hub": self.hub.stats(),
+            "ingest": self.ingest.stats(),
+            "sinks": self.batcher.sink_stats(),
+        }
+
+    async def stats(self, request: Request) -> Response:
+        return json_response(self.stats_sections())
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.registry.render(), media_type=CONTENT_TYPE)
+
+    async def health(self, request: Request) -> Response:
+        try:
+            with anyio.fail_after(HEALTH_TIMEOUT):
+                await self.journal.ping()
+        except TimeoutError:
+            return error(503, f"journal did not answer within {HEALTH_TIMEOUT:g} s")
+        except Exception as exc:  # any failure is a reason to report, not to crash
+            return error(503, f"journal unavailable: {exc}")
+        if not self.batcher.running:
+            return error(503, "batcher is not running")
+        if not self.batcher.write_healthy:
+            # The journal may answer reads while every write fails (e.g. a full disk).
+            pending = self.batcher.stats().dead_letter_pending
+            return error(503, f"journal writes are failing; {pending} events dead-lettered")
+        return json_response(
+            {"status": "ok", "subscribers": self.hub.subscriber_count, "epoch": self.journal.epoch}
+        )
+
+    async def dashboard(self, request: Request) -> Response:
+        page = STATIC_DIR / "dashboard.html"
+        if not page.is_file():
+            return error(404, "the dashboard is not installed (sse_batcher/static/dashboard.html)")
+        return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+def create_app(
+    batcher: SSEEventBatcher,
+    *,
+    journal: Journal | None = None,
+    token: str | None = None,
+    subscribe_token: str | None = None,
+    cors_origins: Sequence[str] = (),
+    max_body_bytes: int = 1 << 20,
+    max_subscribers: int = 10_000,
+    buffer_size: int = 1000,
+    heartbeat: float = 15.0,
+    retry_ms: int = 3000,
+    durable_ingest: bool = False,
+    uid_ttl: float = 600.0,
+    manage_lifecycle: bool = True,
+) -> Starlette:
+    """Build the ASGI service: SSE stream, ingest, history, workers, stats, health.
+
+    Args:
+        batcher: the batcher HTTP ingest feeds (``offer`` / ``offer_durably``).
+        journal: the journal to stream from; default ``batcher.journal``.
+        token: bearer token for ``POST /events`` and ``PATCH /workers/*``; None: open.
+        subscribe_token: bearer token (or ``?token=``) for ``GET /events`` and
+            ``GET /events/history``; None: open. ``token`` is accepted there too.
+        cors_origins: origins allowed by CORS (``Last-Event-ID`` is allowed).
+        max_body_bytes: ingest bodies larger than this get 413.
+        max_subscribers: open streams allowed; more get a retry hint and a close.
+        buffer_size: messages a subscriber may fall behind before it is dropped.
+        heartbeat: seconds of silence before a ``:`` comment line.
+        retry_ms: the ``retry:`` reconnection delay sent at the start of a stream.
+        durable_ingest: answer 202 only once the events are committed.
+        uid_ttl: seconds an ingest ``uid`` is remembered for de-duplication (0: off).
+        manage_lifecycle: the app's lifespan opens and closes the journal and the
+            batcher; False when the caller does (the hub is always the app's).
+    """
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+        raise ConfigError("max_body_bytes must be an integer")
+    if max_body_bytes < 1:
+        raise ConfigError(f"max_body_bytes must be at least 1, not {max_body_bytes}")
+    if isinstance(retry_ms, bool) or not isinstance(retry_ms, int) or retry_ms < 0:
+        raise ConfigError(f"retry_ms must be a non-negative integer, not {retry_ms!r}")
+    if not uid_ttl >= 0:
+        raise ConfigError(f"uid_ttl must be >= 0 seconds, not {uid_ttl!r}")
+    if isinstance(cors_origins, str):
+        raise ConfigError("cors_origins must be a sequence of origins, not one string")
+    journal = batcher.journal if journal is None else journal
+    gate = TokenGate(token, subscribe_token)
+    service = _Service(
+        batcher,
+        journal,
+        Hub(
+            journal,
+            buffer_size=buffer_size,
+            heartbeat=heartbeat,
+            max_subscribers=max_subscribers,
+        ),
+        gate,
+        Ingest(
+            batcher, gate, max_body_bytes=max_body_bytes, durable=durable_ingest, uid_ttl=uid_ttl
+        ),
+        retry_ms=retry_ms,
+        manage_lifecycle=manage_lifecycle,
+    )
+    routes = [
+        Route("/events", service.stream, methods=["GET"]),
+        Route("/events", service.ingest.handle, methods=["POST"]),
+        Route("/events/history", service.history, methods=["GET"]),
+        Route("/workers", service.workers, methods=["GET"]),
+        Route("/workers/{name}", service.patch_worker, methods=["PATCH"]),
+        Route("/stats", service.stats, methods=["GET"]),
+        Route("/metrics", service.metrics, methods=["GET"]),
+        Route("/health", service.health, methods=["GET"]),
+        Route("/", service.dashboard, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+    middleware = []
+    if cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST", "PATCH"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                expose_headers=["Retry-After"],
+                max_age=600,
+            )
+        )
+    app = Starlette(routes=routes, middleware=middleware, lifespan=service.lifespan)
+    app.state.batcher = batcher
+    app.state.journal = journal
+    app.state.hub = service.hub
+    return app

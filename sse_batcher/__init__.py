@@ -18,7 +18,8 @@ from sse_batcher.batching._aggregation import AggregationRule, batch_type_for
 from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._events import EncodedEvent, Event, Position, StoredEvent
 from sse_batcher.batching._journal import Journal, Resume
-from sse_batcher.batching._sink import Sink, SinkSet
+from sse_batcher.batching._sink import Sink
+from sse_batcher.batching._sink_set import SinkSet
 from sse_batcher.batching._stats import BatcherStats, WorkerInfo
 from sse_batcher.journals.redis._journal import RedisJournal
 from sse_batcher.journals.sqlite._journal import SQLiteJournal

@@ -4,7 +4,8 @@ SSEBatcherError
 ├── ConfigError          invalid configuration (a range, a name, a path)
 ├── InvalidEvent         an event that breaks the validation rules (ValueError too)
 ├── QueueFull            the pending queue is at its bound and the policy refused the event
-├── BatcherClosed        emit() after close, or a batcher used outside ``async with``
+├── BatcherClosed        a resource (batcher, journal, hub, sink) used when not open,
+│                        or entered a second time
 ├── JournalError         the journal could not do what was asked
 │   ├── JournalUnavailable   a transient failure (locked, disk full, Redis down): retried
 │   └── InvalidCursor        an event id that this journal cannot parse
@@ -43,7 +44,7 @@ class QueueFull(SSEBatcherError):
 
 
 class BatcherClosed(SSEBatcherError, RuntimeError):
-    """The batcher is not running (not yet started, or already closed)."""
+    """A resource is not open: not yet started, already closed, or entered twice."""
 
 
 class JournalError(SSEBatcherError):

@@ -103,7 +103,8 @@ class Journal(Protocol):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+        /,
+    ) -> bool | None: ...
 
     async def append(self, events: Sequence[EncodedEvent]) -> list[StoredEvent]:
         """Store the persisted events in one transaction (one ``executemany``,

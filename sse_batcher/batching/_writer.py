@@ -32,7 +32,7 @@ from sse_batcher.batching._sink import Sink
 from sse_batcher.batching._stats import LatencyWindow, SourceCounters
 
 if TYPE_CHECKING:
-    from sse_batcher.batching._sink import SinkSet
+    from sse_batcher.batching._sink_set import SinkSet
 
 __all__ = ["JournalWriter"]
 
@@ -111,7 +111,7 @@ class JournalWriter:
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
             if self._sinks:
-                from sse_batcher.batching._sink import SinkSet
+                from sse_batcher.batching._sink_set import SinkSet
 
                 self._sink_set = await stack.enter_async_context(
                     SinkSet(self._sinks, drain_timeout=self._drain_timeout)

@@ -18,19 +18,20 @@ whatever the scheduling; only the wall-clock interleaving differs.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from sse_batcher._exceptions import BatcherClosed, ConfigError
+from sse_batcher._exceptions import ConfigError
+from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._aggregation import AggregationRule
 from sse_batcher.workers._log_handler import BatchLogHandler
 from sse_batcher.workers._mixin import EventBatcher, SSEBroadcasterMixin
@@ -210,13 +211,7 @@ class OverlayWorker(_QueueWorker):
         self.emit("JOB_COMPLETED", {**base, "output": job.image.replace(".jpg", "-overlay.jpg")})
 
 
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class DemoWorkers:
+class DemoWorkers(Resource):
     """The three demo workers, running in a task group this object owns.
 
     ``async with DemoWorkers(batcher, seed=1):`` starts them (the batcher must be
@@ -240,10 +235,6 @@ class DemoWorkers:
         # Unbatched on purpose: its events go out one by one, next to batched neighbours.
         self.overlays = OverlayWorker(use_batching=False, **common)
         self.log_handler = BatchLogHandler(batcher)
-        self._state = _State.UNOPENED
-        self._tg: TaskGroup | None = None
-        self._old_level = logging.NOTSET
-        self._old_propagate = True
 
     @property
     def workers(self) -> tuple[DemoWorker, ...]:
@@ -257,41 +248,27 @@ class DemoWorkers:
             + self.log_handler.stats()["records_sent"]
         )
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise BatcherClosed(f"DemoWorkers cannot be opened when {self._state.value}")
-        self._state = _State.OPEN
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
         log = logging.getLogger(OVERLAY_LOGGER)
-        self._old_level, self._old_propagate = log.level, log.propagate
+        old_level, old_propagate = log.level, log.propagate
         # INFO reaches the handler; the console (root's handlers) stays quiet.
         log.setLevel(logging.INFO)
         log.propagate = False
         log.addHandler(self.log_handler)
-        thumbs_send, thumbs_recv = anyio.create_memory_object_stream[Job](64)
-        overlays_send, overlays_recv = anyio.create_memory_object_stream[Job](64)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self.thumbnails.run, thumbs_recv, name="thumbnail_worker")
-        self._tg.start_soon(self.overlays.run, overlays_recv, name="overlay_worker")
-        self._tg.start_soon(self.scheduler.run, thumbs_send, overlays_send, name="scheduler")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._state = _State.CLOSED
         try:
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-                await self._tg.__aexit__(exc_type, exc, tb)
+            thumbs_send, thumbs_recv = anyio.create_memory_object_stream[Job](64)
+            overlays_send, overlays_recv = anyio.create_memory_object_stream[Job](64)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.thumbnails.run, thumbs_recv, name="thumbnail_worker")
+                tg.start_soon(self.overlays.run, overlays_recv, name="overlay_worker")
+                tg.start_soon(self.scheduler.run, thumbs_send, overlays_send, name="scheduler")
+                yield
+                tg.cancel_scope.cancel()
         finally:
-            log = logging.getLogger(OVERLAY_LOGGER)
             log.removeHandler(self.log_handler)
-            log.setLevel(self._old_level)
-            log.propagate = self._old_propagate
+            log.setLevel(old_level)
+            log.propagate = old_propagate
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the workers until cancelled (for ``tg.start(workers.run)``)."""

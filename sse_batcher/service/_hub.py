@@ -30,14 +30,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import anyio
 import orjson
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from sse_batcher._exceptions import BatcherClosed, ConfigError, InvalidCursor, QueueFull
+from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._aggregation import batch_type_for
 from sse_batcher.batching._events import Event, Position, StoredEvent
 from sse_batcher.batching._journal import Journal, Resume
@@ -113,7 +113,7 @@ class _OnceStatus:
             self._outer.started()
 
 
-class Hub:
+class Hub(Resource):
     """Fans journal events out to SSE subscribers; an async context manager.
 
     Args:
@@ -145,8 +145,7 @@ class Hub:
         # Subscribers grouped by filter: each batch is filtered once per distinct filter.
         self._groups: dict[_FilterKey, set[_Subscriber]] = {}
         self._count = 0
-        self._state: Literal["unopened", "open", "closed"] = "unopened"
-        self._tg: TaskGroup | None = None
+        self._closing = False
         self._counters = dict.fromkeys(
             (
                 "subscribed_total",
@@ -164,33 +163,17 @@ class Hub:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._state != "unopened":
-            raise BatcherClosed(f"the hub is {self._state}; create a new one")
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        try:
-            await self._tg.start(self._tail)
-            self._tg.start_soon(self._heartbeats)
-        except BaseException as exc:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
-            self._state = "closed"
-            raise
-        self._state = "open"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._state = "closed"
-        self.close_streams()
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(exc_type, exc, tb)
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._tail)
+            tg.start_soon(self._heartbeats)
+            try:
+                yield
+            finally:
+                self._closing = True  # subscribe() refuses from here on
+                self.close_streams()
+                tg.cancel_scope.cancel()
 
     def close_streams(self) -> None:
         """End every open stream after what it has buffered (server shutdown)."""
@@ -325,8 +308,9 @@ class Hub:
             QueueFull: ``max_subscribers`` streams are already open.
             BatcherClosed: the hub is not open.
         """
-        if self._state != "open":
-            raise BatcherClosed(f"the hub is {self._state}")
+        if self._closing:
+            raise BatcherClosed("the hub is closing")
+        self._require_open()
         if on_reset not in ("live", "oldest"):
             raise ConfigError(f"on_reset must be 'live' or 'oldest', not {on_reset!r}")
         if self._count >= self._max_subscribers:

@@ -26,16 +26,16 @@ import re
 import shutil
 import string
 import time
-from collections.abc import Callable, Sequence
-from enum import Enum
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
-from sse_batcher._exceptions import BatcherClosed, ConfigError
+from sse_batcher._exceptions import ConfigError
+from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._events import StoredEvent
 from sse_batcher.batching._sink import is_error_event
 from sse_batcher.sinks._file_pool import FilePool
@@ -50,12 +50,6 @@ _MAX_COMPONENT = 120  # bytes per sanitised name, well under NAME_MAX (255)
 _PATH_CACHE_LIMIT = 8192
 _DAY = 86400
 _EPOCH = datetime.date(1970, 1, 1)
-
-
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 def sanitize(value: str) -> str:
@@ -105,7 +99,7 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-class ArchiveSink:
+class ArchiveSink(Resource):
     """Appends each stored event's JSON envelope to files per day and category.
 
     Args:
@@ -160,11 +154,9 @@ class ArchiveSink:
         self._paths: dict[tuple[int, str, str], str] = {}
         self._error_paths: dict[int, str] = {}
         self._today: int | None = None
-        self._state = _State.UNOPENED
         self._write_lock = anyio.Lock()
         self._maintain_now = anyio.Event()
         self._stopping = False
-        self._tg: TaskGroup | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("bytes_written", "lines_written", "error_lines", "write_calls", "rollovers"), 0
         )
@@ -181,31 +173,18 @@ class ArchiveSink:
         """The archive's root directory (absolute)."""
         return self._root
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise BatcherClosed(f"ArchiveSink is {self._state.value}; create a new one")
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(partial(os.makedirs, self._root, exist_ok=True))
-        self._state = _State.OPEN
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        await self._tg.start(self._maintenance_loop)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._state is not _State.OPEN:
-            return
-        self._state = _State.CLOSED
-        self._stopping = True  # makes a running maintenance pass stop between files
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._pool.close_all)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._maintenance_loop)
+                yield
+                self._stopping = True  # makes a running maintenance pass stop between files
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._pool.close_all)
 
     async def write(self, events: Sequence[StoredEvent]) -> None:
         """Append a batch: one thread hop, one write call per target file.
@@ -213,8 +192,7 @@ class ArchiveSink:
         Raises OSError when the files cannot be written; nothing of the batch stays
         behind then, so writing the same batch again is safe.
         """
-        if self._state is not _State.OPEN:
-            raise BatcherClosed("ArchiveSink is not open")
+        self._require_open()
         if not events:
             return
         async with self._write_lock:

@@ -30,17 +30,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from enum import Enum
-from types import TracebackType
-from typing import Any, Self
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
 from sse_batcher._exceptions import BatcherClosed, ConfigError, JournalUnavailable
+from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._events import EncodedEvent, Position, StoredEvent
 from sse_batcher.batching._journal import Resume, TailListener, format_event_id, parse_event_id
 from sse_batcher.journals.redis._epoch import StreamEpoch, retry_once
@@ -70,13 +70,7 @@ _COUNTERS = """appends transactions rows_written uids_written stream_only failur
     streams_created epoch_changes tail_delivered tail_batches tail_reconnects live_received"""
 
 
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class RedisJournal:
+class RedisJournal(Resource):
     """A :class:`~sse_batcher.batching._journal.Journal` on a Redis Stream, shared by many nodes.
 
     Args:
@@ -121,9 +115,7 @@ class RedisJournal:
         self.cleanup_interval = cleanup_interval
         self._clock = clock
         self._keys = Keys.under(prefix)
-        self._state = _State.UNOPENED
         self._client: aioredis.Redis | None = None
-        self._task_group: TaskGroup | None = None
         self._closing = anyio.Event()
         self._tails = 0
         self._last_append_ms = 0.0
@@ -142,43 +134,24 @@ class RedisJournal:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise BatcherClosed(f"RedisJournal cannot be opened when {self._state.value}")
-        self._state = _State.OPEN
-        self._client = new_client(self.url)
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        client = self._client = new_client(self.url)
         try:
-            self._epoch.register(self._client)
+            self._epoch.register(client)
             await self._epoch.ensure()
-        except BaseException:
-            self._state = _State.CLOSED
-            await close_client(self._client)
-            raise
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._cleanup_loop)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._state is not _State.OPEN:
-            return
-        self._state = _State.CLOSED
-        self._closing.set()  # run_tail() callers return
-        task_group, self._task_group = self._task_group, None
-        if task_group is not None:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
-        if self._client is not None:
-            await close_client(self._client)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._cleanup_loop)
+                yield
+                self._closing.set()  # run_tail() callers return
+                tg.cancel_scope.cancel()
+        finally:
+            self._client = None  # from here on, _open_client() refuses
+            await close_client(client)
 
     def _open_client(self) -> aioredis.Redis:
-        if self._state is not _State.OPEN or self._client is None:
-            raise BatcherClosed(f"RedisJournal is {self._state.value}; use `async with journal:`")
+        if self._client is None:  # not yet opened, or closing (the epoch check runs at start)
+            raise BatcherClosed(f"RedisJournal is {self.lifecycle.value}; use `async with journal:`")
         return self._client
 
     @property
@@ -389,5 +362,5 @@ class RedisJournal:
         stats: dict[str, Any] = dict(self._counters)
         stats["last_append_ms"] = round(self._last_append_ms, 3)
         stats["listeners"] = self._tails
-        stats["open"] = 1 if self._state is _State.OPEN else 0
+        stats["open"] = 1 if self.is_open else 0
         return stats

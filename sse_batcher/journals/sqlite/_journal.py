@@ -14,17 +14,17 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from enum import Enum
-from types import TracebackType
-from typing import Any, Self
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import aiosqlite
 import anyio
 import anyio.to_thread
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from sse_batcher._exceptions import BatcherClosed, ConfigError, JournalUnavailable
+from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._events import EncodedEvent, Position, StoredEvent
 from sse_batcher.batching._journal import Resume, TailListener, format_event_id, parse_event_id
 from sse_batcher.journals.sqlite._commit import GroupCommit
@@ -49,14 +49,7 @@ _COUNTERS = """appends transactions rows_written uids_written stream_only
     cleanup_runs cleanup_failures listener_errors"""
 
 
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class SQLiteJournal:
+class SQLiteJournal(Resource):
     """The embedded journal: a SQLite file in WAL mode, written with group commit.
 
     Use it as ``async with SQLiteJournal("events.db") as journal:``; it starts a
@@ -96,11 +89,10 @@ class SQLiteJournal:
             raise ConfigError(f"busy_timeout must be 0..3600 seconds, not {busy_timeout!r}")
         self._busy_timeout = float(busy_timeout)
         self._clock = clock
-        self._state = _State.UNOPENED
+        self._shut = False  # set under the write lock at close: appends then fail cleanly
         self._epoch = ""
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._task_group: TaskGroup | None = None
         self._closing = anyio.Event()
         self._write_lock = anyio.Lock()
         self._cleanup_lock = anyio.Lock()
@@ -132,13 +124,11 @@ class SQLiteJournal:
         """The database file."""
         return self._path
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise BatcherClosed(
-                f"SQLiteJournal({self._path!r}) is {self._state.value}; "
-                "a journal cannot be reopened, create a new one"
-            )
-        self._state = _State.OPENING  # refuse a second concurrent __aenter__ as well
+    def _describe(self) -> str:
+        return f"SQLiteJournal({self._path!r})"
+
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
         try:
             # aiosqlite's own failed-connect path leaves its thread to report to the
             # event loop later; a plain sqlite3 open in a worker thread fails cleanly first.
@@ -149,38 +139,24 @@ class SQLiteJournal:
             await self._reader.execute("PRAGMA query_only = 1")
         except (sqlite3.Error, OSError) as exc:
             await self._close_connections()
-            self._state = _State.CLOSED
             raise JournalUnavailable(f"cannot open {self._path!r}: {exc}") from exc
         except BaseException:
             await self._close_connections()
-            self._state = _State.CLOSED
             raise
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        await self._task_group.start(self._retention.run, self.cleanup, self._path)
-        self._state = _State.OPEN
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._state is not _State.OPEN:
-            return
-        self._closing.set()  # run_tail() callers return
-        task_group, self._task_group = self._task_group, None
-        if task_group is not None:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
-        # A transaction in progress may itself wait up to busy_timeout for SQLite's lock.
-        with anyio.move_on_after(_CLOSE_TIMEOUT + self._busy_timeout, shield=True):
-            # Wait for a transaction in progress; appends still queued then fail cleanly.
-            async with self._write_lock:
-                self._state = _State.CLOSED
-                await self._close_connections()
-        self._state = _State.CLOSED
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._retention.run, self.cleanup, self._path)
+                yield
+                self._closing.set()  # run_tail() callers return
+                tg.cancel_scope.cancel()
+        finally:
+            # A transaction in progress may itself wait up to busy_timeout for SQLite's lock.
+            with anyio.move_on_after(_CLOSE_TIMEOUT + self._busy_timeout, shield=True):
+                # Wait for a transaction in progress; appends still queued then fail cleanly.
+                async with self._write_lock:
+                    self._shut = True
+                    await self._close_connections()
+            self._shut = True
 
     async def _close_connections(self) -> None:
         for name in ("_reader", "_writer"):
@@ -190,13 +166,12 @@ class SQLiteJournal:
                 await close_quietly(conn, self._path)
 
     def _is_open(self) -> bool:
-        return self._state is _State.OPEN
+        return self.is_open and not self._shut
 
     def _require_open(self) -> None:
-        if self._state is not _State.OPEN:
-            raise BatcherClosed(
-                f"SQLiteJournal({self._path!r}) is {self._state.value}; use it inside `async with`"
-            )
+        if self._shut:  # closing: the connections are gone or going
+            raise BatcherClosed(f"{self._describe()} is closed; use it inside `async with`")
+        super()._require_open()
 
     def _conns(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
         self._require_open()
@@ -386,5 +361,5 @@ class SQLiteJournal:
             stats[name] = round(stats[name], 3)
         stats["listeners"] = len(self._listeners)
         stats["waiting_appends"] = len(self._commits.waiting)
-        stats["open"] = 1 if self._state is _State.OPEN else 0
+        stats["open"] = 1 if self.is_open else 0
         return stats

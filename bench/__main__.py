@@ -80,7 +80,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The same rows as a Markdown table (for the README)."""
+    """The same rows as a Markdown table (for docs/performance.md)."""
     out = ["| scenario | metric | value | unit | target | met |", "|---|---|--:|---|---|---|"]
     for r in rows:
         met = ("yes" if r["met"] else "**NOT met**") if r["target"] != "-" else ""

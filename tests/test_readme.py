@@ -1,4 +1,6 @@
-"""The README's first example runs and prints what the README says it prints."""
+"""The README stays a first screen and a short tour, and its first example runs and
+prints what the README says it prints. (Every other code block of the README and of
+docs/ is run or checked by test_docs.py.)"""
 
 from __future__ import annotations
 
@@ -43,3 +45,9 @@ def test_every_make_target_the_readme_names_exists() -> None:
     named = set(re.findall(r"`make (\w+)", README.read_text()))
     assert {"demo", "test"} <= named
     assert named <= targets, named - targets
+
+
+def test_readme_stays_short() -> None:
+    # The details live in docs/; the README keeps the first screen and one example per part.
+    size = len(README.read_bytes())
+    assert size <= 13_000, f"README.md is {size} bytes: move detail to a page under docs/"

@@ -32,7 +32,8 @@ from .docs_blocks import ROOT, Block, blocks, doc_files
 ALL_BLOCKS = [block for path in doc_files() for block in blocks(path)]
 PYTHON = [block for block in ALL_BLOCKS if block.lang == "python"]
 SHELL = [block for block in ALL_BLOCKS if block.lang in {"bash", "sh", "shell", "console"}]
-JSON = [block for block in ALL_BLOCKS if block.lang == "json"]
+# A JSON block abridged with "..." shows a shape, not a value to parse.
+JSON = [block for block in ALL_BLOCKS if block.lang == "json" and "..." not in block.code]
 CLIENT_JS = ROOT / "sse_batcher" / "static" / "sse-batcher.js"
 
 
@@ -170,8 +171,6 @@ def test_every_environment_variable_named_is_read_by_the_cli() -> None:
 
 @pytest.mark.parametrize("block", JSON, ids=_ids(JSON))
 def test_json_block_parses(block: Block) -> None:
-    if "..." in block.code:
-        pytest.skip("abridged with ...")
     decoder, text, index = json.JSONDecoder(), block.code.strip(), 0
     while index < len(text):  # one value, or one value per line
         _, index = decoder.raw_decode(text, index)

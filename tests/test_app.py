@@ -259,9 +259,19 @@ async def test_reading_needs_the_subscribe_token(
 
 
 async def test_without_tokens_everything_is_open(service: Service) -> None:
-    async with service(token="pub") as (_, client):
+    async with service() as (_, client):
         assert (await client.get("/events/history")).status_code == 200
+        assert (await client.post("/events", json=event())).status_code == 202
+        assert (await client.get("/stats")).status_code == 200
+
+
+async def test_the_publish_token_alone_protects_reading_too(service: Service) -> None:
+    # Reading stays open only when opened on purpose (open_capabilities).
+    async with service(token="pub") as (_, client):
+        assert (await client.get("/events/history")).status_code == 401
         assert (await client.post("/events", json=event())).status_code == 401
+    async with service(token="pub", open_capabilities=["subscribe"]) as (_, client):
+        assert (await client.get("/events/history")).status_code == 200
 
 
 async def test_cors_allows_last_event_id(service: Service) -> None:
@@ -341,7 +351,7 @@ async def test_stats_and_metrics_show_every_part(service: Service) -> None:
         await client.post("/events", json=[event(1), event(2)])
         await stored(app)
         stats = (await client.get("/stats")).json()
-        assert set(stats) == {"batcher", "journal", "hub", "ingest", "sinks"}
+        assert set(stats) == {"batcher", "journal", "hub", "ingest", "sinks", "auth"}
         assert stats["batcher"]["events_in"] == 2
         assert stats["ingest"]["accepted"] == 2
         response = await client.get("/metrics")

@@ -650,7 +650,9 @@ async def test_async_aclose_timeout_spools_and_refuses_reuse(tmp_path: Path) -> 
 # ---------------------------------------------------------------------------- real server
 
 
-def history_members(url: str, expected: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+def history_members(
+    url: str, expected: int, timeout: float = 30.0, token: str | None = None
+) -> list[dict[str, Any]]:
     """Every member event the server stored, batch events expanded, in journal order.
 
     Polls until ``expected`` members are there (the server batches for its window).
@@ -661,7 +663,10 @@ def history_members(url: str, expected: int, timeout: float = 30.0) -> list[dict
         after: str | None = None
         while True:
             params = {"limit": "1000", **({"after": after} if after else {})}
-            page = httpx.get(f"{url}/events/history", params=params, timeout=10).json()
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            page = httpx.get(
+                f"{url}/events/history", params=params, headers=headers, timeout=10
+            ).json()
             for event in page["events"]:
                 data = event["data"]
                 items = data["items"] if "batch_count" in data else [data]
@@ -794,7 +799,7 @@ def test_wrong_token_and_oversized_batches_against_the_real_server(tmp_path: Pat
         ) as pub:
             for n in range(20):
                 pub.publish("BIG", {"n": n, "blob": blob})
-        members = history_members(server.url, 20)
+        members = history_members(server.url, 20, token="right")
     assert [m["n"] for m in members] == list(range(20))
     assert pub.stats().requests == 3 and pub.stats().sent == 20
 

@@ -21,9 +21,8 @@ Shutdown::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -33,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -41,39 +40,23 @@ from sse_batcher._exceptions import (
     BatcherClosed,
     ConfigError,
     InvalidCursor,
-    InvalidEvent,
     QueueFull,
 )
 from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._journal import Journal
-from sse_batcher.service._auth import TokenGate
+from sse_batcher.service._auth import AuthGate, Capability, StaticTokens, Verifier
 from sse_batcher.service._hub import Hub, OnReset
 from sse_batcher.service._ingest import Ingest
-from sse_batcher.service._metrics import CONTENT_TYPE, StatsRegistry
+from sse_batcher.service._operator import STATIC_DIR, OperatorRoutes
+from sse_batcher.service._responses import error
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger("sse_batcher.app")
 
-STATIC_DIR = Path(__file__).parent.parent / "static"
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000
-HEALTH_TIMEOUT = 5.0
 SHUTDOWN_GRACE_PERIOD = 2.0  # seconds a stream may take to end cleanly at shutdown
-
-
-def json_response(content: Any, status_code: int = 200, **headers: str) -> Response:
-    """A JSON response encoded with orjson."""
-    return Response(
-        orjson.dumps(content),
-        status_code=status_code,
-        media_type="application/json",
-        headers=headers or None,
-    )
-
-
-def error(status_code: int, message: str, **headers: str) -> Response:
-    return json_response({"error": message}, status_code, **headers)
 
 
 class _EventStream(EventSourceResponse):
@@ -100,7 +83,7 @@ class _Service:
         batcher: SSEEventBatcher,
         journal: Journal,
         hub: Hub,
-        gate: TokenGate,
+        gate: AuthGate,
         ingest: Ingest,
         *,
         retry_ms: int,
@@ -114,7 +97,7 @@ class _Service:
         self.retry_ms = retry_ms
         self.manage_lifecycle = manage_lifecycle
         self.shutdown_event: anyio.Event | None = None
-        self.registry = StatsRegistry(self.stats_sections)
+        self.operator = OperatorRoutes(batcher, journal, hub, gate, self.stats_sections)
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -149,9 +132,9 @@ class _Service:
     # -- the stream ---------------------------------------------------------------
 
     async def stream(self, request: Request) -> Response:
-        denied = self.gate.subscriber(request)
-        if denied is not None:
-            return denied
+        grant = self.gate.require(request, "subscribe", allow_query=True)
+        if isinstance(grant, Response):
+            return grant
         params = request.query_params
         on_reset = params.get("on_reset", "live")
         if on_reset not in ("live", "oldest"):
@@ -195,9 +178,9 @@ class _Service:
     # -- JSON routes --------------------------------------------------------------
 
     async def history(self, request: Request) -> Response:
-        denied = self.gate.subscriber(request)
-        if denied is not None:
-            return denied
+        grant = self.gate.require(request, "subscribe", allow_query=True)
+        if isinstance(grant, Response):
+            return grant
         params = request.query_params
         after = params.get("after") or None
         try:
@@ -237,66 +220,15 @@ class _Service:
         )
         return Response(body, media_type="application/json")
 
-    async def workers(self, request: Request) -> Response:
-        return json_response({"workers": [w.as_dict() for w in self.batcher.workers()]})
-
-    async def patch_worker(self, request: Request) -> Response:
-        denied = self.gate.publisher(request)
-        if denied is not None:
-            return denied
-        name = request.path_params["name"]
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            return error(400, f"the body is not valid JSON: {exc}")
-        if not isinstance(body, dict) or set(body) != {"batching"}:
-            return error(400, 'the body must be {"batching": true|false}')
-        if not isinstance(body["batching"], bool):
-            return error(400, "batching must be true or false")
-        try:
-            self.batcher.set_batching(name, body["batching"])
-        except InvalidEvent as exc:
-            return error(400, f"invalid worker name: {exc}")
-        return json_response({"name": name, "batching": self.batcher.batching_enabled(name)})
-
     def stats_sections(self) -> dict[str, dict[str, Any]]:
         return {
             "batcher": self.batcher.stats().as_dict(),
             "journal": dict(self.journal.stats()),
             "hub": self.hub.stats(),
             "ingest": self.ingest.stats(),
+            "auth": dict(self.gate.counters),
             "sinks": self.batcher.sink_stats(),
         }
-
-    async def stats(self, request: Request) -> Response:
-        return json_response(self.stats_sections())
-
-    async def metrics(self, request: Request) -> Response:
-        return Response(self.registry.render(), media_type=CONTENT_TYPE)
-
-    async def health(self, request: Request) -> Response:
-        try:
-            with anyio.fail_after(HEALTH_TIMEOUT):
-                await self.journal.ping()
-        except TimeoutError:
-            return error(503, f"journal did not answer within {HEALTH_TIMEOUT:g} s")
-        except Exception as exc:  # any failure is a reason to report, not to crash
-            return error(503, f"journal unavailable: {exc}")
-        if not self.batcher.running:
-            return error(503, "batcher is not running")
-        if not self.batcher.write_healthy:
-            # The journal may answer reads while every write fails (e.g. a full disk).
-            pending = self.batcher.stats().dead_letter_pending
-            return error(503, f"journal writes are failing; {pending} events dead-lettered")
-        return json_response(
-            {"status": "ok", "subscribers": self.hub.subscriber_count, "epoch": self.journal.epoch}
-        )
-
-    async def dashboard(self, request: Request) -> Response:
-        page = STATIC_DIR / "dashboard.html"
-        if not page.is_file():
-            return error(404, "the dashboard is not installed (sse_batcher/static/dashboard.html)")
-        return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 def create_app(
@@ -305,6 +237,9 @@ def create_app(
     journal: Journal | None = None,
     token: str | None = None,
     subscribe_token: str | None = None,
+    admin_token: str | None = None,
+    open_capabilities: Collection[Capability] = (),
+    verifiers: Sequence[Verifier] = (),
     cors_origins: Sequence[str] = (),
     max_body_bytes: int = 1 << 20,
     max_subscribers: int = 10_000,
@@ -322,7 +257,13 @@ def create_app(
         journal: the journal to stream from; default ``batcher.journal``.
         token: bearer token for ``POST /events`` and ``PATCH /workers/*``; None: open.
         subscribe_token: bearer token (or ``?token=``) for ``GET /events`` and
-            ``GET /events/history``; None: open. ``token`` is accepted there too.
+            ``GET /events/history``. ``token`` is accepted there too.
+        admin_token: bearer token for ``/workers``, ``PATCH /workers/*``, ``/stats``,
+            ``/metrics`` and ``/health`` details; it also publishes and reads.
+        open_capabilities: capabilities (``"publish"``, ``"subscribe"``, ``"admin"``)
+            open to requests without a token even though a token could protect them.
+            A capability no configured token grants is open anyway.
+        verifiers: more credential sources, asked after the static tokens.
         cors_origins: origins allowed by CORS (``Last-Event-ID`` is allowed).
         max_body_bytes: ingest bodies larger than this get 413.
         max_subscribers: open streams allowed; more get a retry hint and a close.
@@ -345,7 +286,9 @@ def create_app(
     if isinstance(cors_origins, str):
         raise ConfigError("cors_origins must be a sequence of origins, not one string")
     journal = batcher.journal if journal is None else journal
-    gate = TokenGate(token, subscribe_token)
+    gate = AuthGate(
+        [StaticTokens(token, subscribe_token, admin_token), *verifiers], open_capabilities
+    )
     service = _Service(
         batcher,
         journal,
@@ -366,12 +309,12 @@ def create_app(
         Route("/events", service.stream, methods=["GET"]),
         Route("/events", service.ingest.handle, methods=["POST"]),
         Route("/events/history", service.history, methods=["GET"]),
-        Route("/workers", service.workers, methods=["GET"]),
-        Route("/workers/{name}", service.patch_worker, methods=["PATCH"]),
-        Route("/stats", service.stats, methods=["GET"]),
-        Route("/metrics", service.metrics, methods=["GET"]),
-        Route("/health", service.health, methods=["GET"]),
-        Route("/", service.dashboard, methods=["GET"]),
+        Route("/workers", service.operator.workers, methods=["GET"]),
+        Route("/workers/{name}", service.operator.patch_worker, methods=["PATCH"]),
+        Route("/stats", service.operator.stats, methods=["GET"]),
+        Route("/metrics", service.operator.metrics, methods=["GET"]),
+        Route("/health", service.operator.health, methods=["GET"]),
+        Route("/", service.operator.dashboard, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     middleware = []
@@ -390,4 +333,5 @@ def create_app(
     app.state.batcher = batcher
     app.state.journal = journal
     app.state.hub = service.hub
+    app.state.gate = gate
     return app

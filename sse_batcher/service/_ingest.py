@@ -22,7 +22,7 @@ from starlette.responses import Response
 from sse_batcher._exceptions import BatcherClosed, InvalidEvent, JournalError, QueueFull
 from sse_batcher.batching._events import Event
 from sse_batcher.batching._journal import Journal
-from sse_batcher.service._auth import TokenGate
+from sse_batcher.service._auth import AuthGate
 
 if TYPE_CHECKING:
     from sse_batcher.batching._batcher import SSEEventBatcher
@@ -209,7 +209,7 @@ class Ingest:
     def __init__(
         self,
         batcher: SSEEventBatcher,
-        gate: TokenGate,
+        gate: AuthGate,
         *,
         max_body_bytes: int,
         durable: bool,
@@ -249,10 +249,10 @@ class Ingest:
 
     async def handle(self, request: Request) -> Response:
         self._counters["requests"] += 1
-        denied = self._gate.publisher(request)
-        if denied is not None:
+        grant = self._gate.require(request, "publish")
+        if isinstance(grant, Response):
             self._counters["unauthorized"] += 1
-            return denied
+            return grant
         body = await read_body(request, self._limit)
         if body is None:
             self._counters["too_large"] += 1

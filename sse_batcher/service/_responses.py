@@ -1,0 +1,24 @@
+"""JSON answers shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+__all__ = ["error", "json_response"]
+
+
+def json_response(content: Any, status_code: int = 200, **headers: str) -> Response:
+    """A JSON response encoded with orjson."""
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers or None,
+    )
+
+
+def error(status_code: int, message: str, **headers: str) -> Response:
+    return json_response({"error": message}, status_code, **headers)

@@ -7,7 +7,8 @@ asked in turn; the first that recognises the credential gives the grant. A
 request without a credential gets the *open* grant: the capabilities no
 configured credential protects, or those opened on purpose. A credential that
 no verifier recognises is refused (403) even on an open route, so a typo is
-noticed rather than silently treated as anonymous.
+noticed rather than silently treated as anonymous (unless no credential source
+is configured at all: then there is nothing to check it against).
 
 Static tokens (``serve --token / --subscribe-token / --admin-token``)::
 
@@ -264,6 +265,8 @@ class AuthGate:
 
     def authenticate(self, request: Request, *, allow_query: bool = False) -> Grant | Response:
         """The request's grant (the open grant plus its credential's), or a 403."""
+        if not self.verifiers:  # nothing configured: everything is open, nothing to check
+            return self.anonymous
         credential = self.credential(request, allow_query=allow_query)
         if credential is None:
             return self.anonymous

@@ -151,7 +151,9 @@ class RedisJournal(Resource):
 
     def _open_client(self) -> aioredis.Redis:
         if self._client is None:  # not yet opened, or closing (the epoch check runs at start)
-            raise BatcherClosed(f"RedisJournal is {self.lifecycle.value}; use `async with journal:`")
+            raise BatcherClosed(
+                f"RedisJournal is {self.lifecycle.value}; use `async with journal:`"
+            )
         return self._client
 
     @property

@@ -1,12 +1,14 @@
 """SSEEventBatcher: takes events from any thread, groups them, writes each batch once.
 
-    emit() (any thread) ──lock──► inbox deque ──wake once──► assembler task
-        (``_assembler.Assembler``) Aggregator: open groups, windows, size, immediate,
-        per-entity order
-    assembler ──ready events──► write queue ──► writer task (``_writer.JournalWriter``)
+    emit() (any thread) ──lock──► Inbox ──wake once per cycle──► Assembler task
+        Aggregator: open groups, windows, size, immediate, per-entity order
+    Assembler ──ready events──► JournalWriter task
         Journal.append (one transaction for everything queued), retry with backoff,
-        dead-letter after the budget; then sinks; then waiters (``_waiters.WriteWaiters``:
-        flush, durable ingest, close)
+        dead-letter after the budget; then sinks; progress reported to the Inbox,
+        where WriteWaiters (flush, durable ingest, close) wait.
+
+The path runs one way: each part is given the parts below it (the inbox, the source
+table, the aggregator, the writer), never a method of the batcher.
 
 ``emit`` costs a lock, a tuple and a deque append: no encoding, no I/O, and at most
 one cross-thread wake-up per assembler cycle, because waking the loop costs ~14 µs
@@ -15,46 +17,39 @@ one cross-thread wake-up per assembler cycle, because waking the loop costs ~14 
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
-from enum import Enum
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from os import PathLike
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
-from sse_batcher._exceptions import BatcherClosed, ConfigError, InvalidEvent, QueueFull
+from sse_batcher._exceptions import (
+    BatcherClosed,
+    ConfigError,
+    InvalidEvent,
+    JournalUnavailable,
+    QueueFull,
+)
+from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._aggregation import AggregationRule, Aggregator, RuleSet
-from sse_batcher.batching._assembler import Assembler, Raw
+from sse_batcher.batching._assembler import Assembler
 from sse_batcher.batching._events import Event, check_name
+from sse_batcher.batching._inbox import Inbox, Overflow
 from sse_batcher.batching._journal import Journal
 from sse_batcher.batching._sink import Sink
-from sse_batcher.batching._stats import BatcherStats, SourceCounters, WorkerInfo
+from sse_batcher.batching._sources import SourceTable
+from sse_batcher.batching._stats import BatcherStats, WorkerInfo
 from sse_batcher.batching._waiters import WriteWaiters
 from sse_batcher.batching._writer import JournalWriter
 
 __all__ = ["Overflow", "SSEEventBatcher"]
 
-Overflow = Literal["block", "reject", "drop_oldest"]
 _OVERFLOWS = ("block", "reject", "drop_oldest")
 _NAME_CACHE_LIMIT = 4096
-
-
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-# _writer.py imports the per-source counters from here (for typing only).
+_Fields = tuple[str, str, Mapping[str, Any], float | None, str | None]
 
 
 def _copy_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -68,19 +63,18 @@ def _copy_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
     raise InvalidEvent(f"data must be a JSON object, not {data.__class__.__name__}")
 
 
-_Fields = tuple[str, str, Mapping[str, Any], float, str | None]
-
-
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {value!r}")
 
 
-class SSEEventBatcher:
+class SSEEventBatcher(Resource):
     """Groups similar events that arrive close together and journals each batch once.
 
     Use it as an async context manager on an asyncio event loop; the journal must
     already be open (``async with journal, SSEEventBatcher(journal) as batcher``).
+    Leaving the block stops accepting events and writes what is pending within
+    ``drain_timeout``; what could not be written goes to the dead-letter store.
 
     Args:
         journal: where batches become durable (``SQLiteJournal``, ``RedisJournal``).
@@ -97,7 +91,7 @@ class SSEEventBatcher:
         retry_delay: first retry delay in seconds; doubles each retry, with jitter.
         dead_letter_path: JSON-lines file for batches the journal refused; None
             keeps them in memory (still retried, lost at exit).
-        drain_timeout: seconds ``aclose`` may spend writing what is pending.
+        drain_timeout: seconds closing may spend writing what is pending.
         sinks: secondary destinations fed after each append (e.g. ``ArchiveSink``).
         clock: monotonic clock (seconds) used for windows; injectable for tests.
     """
@@ -134,34 +128,20 @@ class SSEEventBatcher:
         self.window = float(window)
         self.max_batch = int(max_batch)
         self.overflow: Overflow = overflow
-        self._max_events = int(max_pending_events)
-        self._max_bytes = int(max_pending_bytes)
-        self._block_timeout = float(block_timeout)
         self._drain_timeout = float(drain_timeout)
-        self._aggregator = Aggregator(RuleSet(rules), window=self.window, max_batch=self.max_batch)
-
-        # Shared with emitting threads: guarded by _lock.
-        self._lock = threading.Lock()
-        self._inbox: deque[Raw] = deque()
-        self._pending = 0  # events emitted and not yet written, dropped or dead-lettered
-        self._pending_bytes = 0  # encoded bytes held past the inbox (updated by the loop)
-        self._next_seq = 1
-        self._wake_scheduled = False
-        self._shed = 0  # drop_oldest debt the assembler pays from its own structures
-        self._rejected = 0
-        self._dropped_oldest = 0
         # Names already validated (types and sources alike: the rules are the same).
         self._valid_names: set[str] = set()
-        self._state = _State.UNOPENED
-
-        # Loop-side state.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._room = anyio.Event()
-        self._unbatched: set[str] = set()
-        self._workers: dict[str, SourceCounters] = {}
-        self._exit_stack: AsyncExitStack | None = None
-        self._task_group: TaskGroup | None = None
+        self._closing = False
+        # The data path, one way: inbox ──► assembler ──► writer; each part is given
+        # the parts below it, never a method of this class.
+        self._inbox = Inbox(
+            max_events=int(max_pending_events),
+            max_bytes=int(max_pending_bytes),
+            overflow=overflow,
+            block_timeout=float(block_timeout),
+        )
+        self._sources = SourceTable()
+        self._aggregator = Aggregator(RuleSet(rules), window=self.window, max_batch=self.max_batch)
         self._writer = JournalWriter(
             journal,
             dead_letter_path=dead_letter_path,
@@ -169,30 +149,20 @@ class SSEEventBatcher:
             retry_delay=float(retry_delay),
             drain_timeout=self._drain_timeout,
             sinks=sinks,
-            workers=self._workers,
-            release=self._release,
-            progress=self._progressed,
+            inbox=self._inbox,
+            sources=self._sources,
         )
-        self._waiters = WriteWaiters(self._inbox_low, self._aggregator, self._writer, self._on_wake)
         self._assembler = Assembler(
-            self._take_inbox,
-            self._take_shed,
-            self._aggregator,
-            self._writer,
-            workers=self._workers,
-            unbatched=self._unbatched,
-            release=self._release,
-            update_bytes=self._update_bytes,
-            progressed=self._progressed,
-            clock=clock,
+            self._inbox, self._aggregator, self._writer, self._sources, clock=clock
         )
+        self._waiters = WriteWaiters(self._inbox, self._aggregator, self._writer)
 
     # -- lifecycle -----------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """True between entering the context and the start of close."""
-        return self._state is _State.OPEN
+        return self.is_open and not self._closing
 
     @property
     def write_healthy(self) -> bool:
@@ -202,54 +172,37 @@ class SSEEventBatcher:
         """
         return self._writer.healthy
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise BatcherClosed(f"a batcher cannot be started twice (it is {self._state.value})")
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        async with AsyncExitStack() as stack:
-            # Opens the sinks and counts what an earlier run left in the dead letters.
-            await stack.enter_async_context(self._writer)
-            # Unwound in reverse: the tasks end first, then what they left is
-            # dead-lettered, then the sinks drain and close.
+    def _describe(self) -> str:
+        return "the batcher"
+
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        # Unwound in reverse: the tasks end first, then what they left is
+        # dead-lettered, then the writer's sinks drain and close.
+        async with self._writer, AsyncExitStack() as stack:
             stack.push_async_callback(self._assembler.dead_letter_leftovers)
-            task_group = await stack.enter_async_context(anyio.create_task_group())
-            await task_group.start(self._writer.run)
-            await task_group.start(self._assembler.run)
-            self._task_group = task_group
-            self._state = _State.OPEN
-            self._exit_stack = stack.pop_all()
-        return self
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._writer.run)
+                await tg.start(self._assembler.run)
+                self._inbox.open()
+                try:
+                    yield
+                finally:
+                    await self._drain()
+                    tg.cancel_scope.cancel()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
+    async def _drain(self) -> None:
         """Stop accepting events and write everything pending within ``drain_timeout``.
 
         Whatever could not be written in time goes to the dead-letter store and is
         reported in the log; nothing is dropped silently.
         """
-        if self._state in (_State.CLOSING, _State.CLOSED):
-            return
-        if self._state is _State.UNOPENED:
-            self._state = _State.CLOSED
-            return
-        with self._lock:
-            self._state = _State.CLOSING
-        target = self._last_seq()
+        self._closing = True
+        self._inbox.close()
+        target = self._inbox.last_seq()
         self._assembler.request_flush("close")
         with anyio.move_on_after(self._drain_timeout, shield=True):
             await self._waiters.wait(target)
-        assert self._task_group is not None and self._exit_stack is not None
-        self._task_group.cancel_scope.cancel()
-        self._state = _State.CLOSED
-        await self._exit_stack.aclose()
 
     # -- producing -----------------------------------------------------------------
 
@@ -273,27 +226,28 @@ class SSEEventBatcher:
             BatcherClosed: the batcher is not running.
             InvalidEvent: the type or source is invalid, or data is not a mapping.
         """
-        # The hot path: every line here is paid per event (target: under 1 µs), so
-        # this is _put() inlined; a call costs ~100 ns.
+        # The hot path: every line here is paid per event (target: under 1 µs), so the
+        # inbox's put is inlined here; a call costs ~100 ns.
         if type not in self._valid_names or source not in self._valid_names:
             self._check_names(type, source)
         # A shallow copy (the caller may reuse its dict); inline for plain dicts.
         data = data.copy() if data.__class__ is dict else _copy_data(data)
+        inbox = self._inbox
         # One clock call: ts (wall time) left None is derived from the monotonic
         # stamp when the inbox is drained, microseconds later.
-        with self._lock:
-            if self._state is not _State.OPEN:
-                self._require_open()
-            if self._pending >= self._max_events or self._pending_bytes >= self._max_bytes:
-                self._make_room(1, True)
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            self._inbox.append((type, source, data, ts, uid, time.monotonic(), seq))
-            self._pending += 1
-            if self._wake_scheduled:
+        with inbox.lock:
+            if not inbox.accepting:
+                self._refuse()
+            if inbox.pending >= inbox.max_events or inbox.pending_bytes >= inbox.max_bytes:
+                inbox.make_room(1, True)
+            seq = inbox.next_seq
+            inbox.next_seq = seq + 1
+            inbox.items.append((type, source, data, ts, uid, time.monotonic(), seq))
+            inbox.pending += 1
+            if inbox.wake_scheduled:
                 return
-            self._wake_scheduled = True
-        self._schedule_wake()
+            inbox.wake_scheduled = True
+        inbox.schedule_wake()
 
     async def aemit(
         self,
@@ -311,40 +265,19 @@ class SSEEventBatcher:
         if type not in self._valid_names or source not in self._valid_names:
             self._check_names(type, source)
         fields = (type, source, _copy_data(data), time.time() if ts is None else ts, uid)
-        if not self._may_block():
-            self._put(*fields, True)
-            return
-        while True:
-            try:
-                self._put(*fields, False)
-                return
-            except QueueFull:
-                await self._wait_for_room(1)
+        await self._put([fields], block=self._inbox.may_block())
 
     def offer(self, events: Sequence[Event]) -> None:
         """Queue validated events all or nothing (HTTP ingest answers 503 on QueueFull)."""
-        for event in events:
-            if event.type not in self._valid_names or event.source not in self._valid_names:
-                self._check_names(event.type, event.source)
-        items: list[_Fields] = [(e.type, e.source, e.data, e.ts, e.uid) for e in events]
+        items = self._fields_of(events)
         if items:
-            self._put_many(items)
+            self._put_now(items, count_rejects=True)
 
     async def offer_blocking(self, events: Sequence[Event]) -> None:
         """``offer``, waiting up to ``block_timeout`` for room under ``"block"``."""
-        if not self._may_block():
-            self.offer(events)
-            return
-        for event in events:
-            if event.type not in self._valid_names or event.source not in self._valid_names:
-                self._check_names(event.type, event.source)
-        items: list[_Fields] = [(e.type, e.source, e.data, e.ts, e.uid) for e in events]
-        while items:
-            try:
-                self._put_many(items, count_rejects=False)
-                return
-            except QueueFull:
-                await self._wait_for_room(len(items))
+        items = self._fields_of(events)
+        if items:
+            await self._put(items, block=self._inbox.may_block())
 
     async def offer_durably(self, events: Sequence[Event]) -> None:
         """``offer``, then return once every one of them is committed to the journal.
@@ -356,20 +289,18 @@ class SSEEventBatcher:
             JournalUnavailable: the journal refused them and they were dead-lettered
                 (they will be re-appended later; a retry is de-duplicated by uid).
         """
-        from sse_batcher._exceptions import JournalUnavailable
-
-        writer_counts = self._writer.counts
-        dead_before = writer_counts["dead_lettered"]
+        counts = self._writer.counts
+        dead_before = counts.dead_lettered
         self.offer(events)
-        await self._waiters.wait(self._last_seq())
-        if writer_counts["dead_lettered"] != dead_before:
+        await self._waiters.wait(self._inbox.last_seq())
+        if counts.dead_lettered != dead_before:
             raise JournalUnavailable("the journal is failing; events were dead-lettered")
 
     async def flush(self) -> None:
         """Seal every open group now and return once everything emitted before the
         call is written (or dead-lettered)."""
         self._require_open()
-        target = self._last_seq()
+        target = self._inbox.last_seq()
         self._assembler.request_flush("flush")
         await self._waiters.wait(target)
 
@@ -378,49 +309,46 @@ class SSEEventBatcher:
     def set_batching(self, source: str, enabled: bool) -> None:
         """Switch batching for one source; with it off its events go out one by one."""
         check_name("source", source)
-        if enabled:
-            self._unbatched.discard(source)
-        else:
-            self._unbatched.add(source)
-        self._workers.setdefault(source, SourceCounters())
+        self._sources.set_batching(source, enabled)
 
     def batching_enabled(self, source: str) -> bool:
         """Whether events from ``source`` are batched."""
-        return source not in self._unbatched
+        return self._sources.batching(source)
 
     def workers(self) -> list[WorkerInfo]:
         """Every source seen (or configured), sorted by name."""
-        return self._assembler.worker_infos()
+        return self._sources.infos()
 
     def stats(self) -> BatcherStats:
         """A consistent-enough snapshot of every counter (cheap; no locks held long)."""
         c = self._writer.counts
-        counts = self._assembler.counts
-        with self._lock:
-            events_in, depth = self._next_seq - 1, self._pending
+        assembled = self._assembler.counts
+        inbox = self._inbox
+        with inbox.lock:
+            events_in, depth = inbox.next_seq - 1, inbox.pending
             dropped = {
-                "queue_full": self._rejected,
-                "drop_oldest": self._dropped_oldest + counts["shed"],
+                "queue_full": inbox.counts.rejected,
+                "drop_oldest": inbox.counts.dropped_oldest + assembled.shed,
             }
-        dropped["invalid"] = counts["invalid"]
-        dropped["stream_only_lost"] = c["stream_only_lost"]
-        members_out, messages_out = c["members_out"], c["messages_out"]
+        dropped["invalid"] = assembled.invalid
+        dropped["stream_only_lost"] = c.stream_only_lost
+        members_out, messages_out = c.members_out, c.messages_out
         coalesced = self._aggregator.coalesced
         return BatcherStats(
             events_in=events_in,
             members_out=members_out,
             messages_out=messages_out,
-            batches_created=c["batches_created"],
+            batches_created=c.batches_created,
             messages_saved=members_out + coalesced - messages_out,
             coalesced=coalesced,
-            writes=c["writes"],
-            retries=c["retries"],
-            failed_writes=c["failed_writes"],
-            dead_lettered=c["dead_lettered"],
-            dead_letter_replayed=c["dead_letter_replayed"],
+            writes=c.writes,
+            retries=c.retries,
+            failed_writes=c.failed_writes,
+            dead_lettered=c.dead_lettered,
+            dead_letter_replayed=c.dead_letter_replayed,
             dead_letter_pending=self._writer.dead_letter_pending,
             queue_depth=depth,
-            queue_bytes=self._pending_bytes,
+            queue_bytes=inbox.pending_bytes,
             mean_batch_size=members_out / messages_out if messages_out else 0.0,
             queue_time_p50_ms=self._writer.latency.percentile_ms(0.5),
             queue_time_p99_ms=self._writer.latency.percentile_ms(0.99),
@@ -432,7 +360,7 @@ class SSEEventBatcher:
         """Per-sink counters (empty without sinks)."""
         return self._writer.sink_stats()
 
-    # -- emit internals ------------------------------------------------------------
+    # -- producing internals -------------------------------------------------------
 
     def _check_names(self, type: str, source: str) -> None:
         check_name("type", type)
@@ -442,141 +370,33 @@ class SSEEventBatcher:
         self._valid_names.add(type)
         self._valid_names.add(source)
 
-    def _require_open(self) -> None:
-        if self._state is not _State.OPEN:
-            raise BatcherClosed(
-                "the batcher is not running: use it inside 'async with SSEEventBatcher(...)'"
-                if self._state is _State.UNOPENED
-                else "the batcher is closed; events can no longer be emitted"
-            )
+    def _fields_of(self, events: Sequence[Event]) -> list[_Fields]:
+        for event in events:
+            if event.type not in self._valid_names or event.source not in self._valid_names:
+                self._check_names(event.type, event.source)
+        return [(e.type, e.source, e.data, e.ts, e.uid) for e in events]
 
-    def _put(
-        self,
-        type: str,
-        source: str,
-        data: Mapping[str, Any],
-        ts: float,
-        uid: str | None,
-        count_rejects: bool,
-    ) -> None:
-        with self._lock:
-            if self._state is not _State.OPEN:
-                self._require_open()
-            if self._pending >= self._max_events or self._pending_bytes >= self._max_bytes:
-                self._make_room(1, count_rejects)
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            self._inbox.append((type, source, data, ts, uid, time.monotonic(), seq))
-            self._pending += 1
-            if self._wake_scheduled:
-                return
-            self._wake_scheduled = True
-        self._schedule_wake()
+    def _refuse(self) -> None:
+        """The one error for events offered while not running."""
+        self._require_open()
+        raise BatcherClosed("the batcher is closed; events can no longer be emitted")
 
-    def _put_many(self, items: list[_Fields], *, count_rejects: bool = True) -> None:
-        n = len(items)
-        with self._lock:
-            if self._state is not _State.OPEN:
-                self._require_open()
-            if self._pending + n > self._max_events or self._pending_bytes >= self._max_bytes:
-                self._make_room(n, count_rejects)
-            now = time.monotonic()
-            seq = self._next_seq
-            self._inbox.extend((*f, now, seq + i) for i, f in enumerate(items))
-            self._next_seq = seq + n
-            self._pending += n
-            wake = not self._wake_scheduled
-            self._wake_scheduled = True
-        if self._shed and threading.get_ident() == self._loop_thread:
+    def _put_now(self, items: list[_Fields], *, count_rejects: bool) -> None:
+        inbox = self._inbox
+        if not inbox.put_many(items, count_rejects=count_rejects):
+            self._refuse()
+        if inbox.shed and inbox.on_loop:
             # Ingest runs on the loop: pay the drop_oldest debt now, so the bound
             # holds between two assembler cycles too.
             self._assembler.pay_shed_debt()
-        if wake:
-            self._schedule_wake()
 
-    def _make_room(self, n: int, count_rejects: bool) -> None:
-        """Called with the lock held when full: drop the oldest, or refuse."""
-        if self.overflow != "drop_oldest" or n > self._max_events:
-            if count_rejects:
-                self._rejected += n
-            raise QueueFull(
-                f"the batcher holds {self._pending} events / {self._pending_bytes} bytes "
-                f"(bounds {self._max_events} / {self._max_bytes}); the journal is behind"
-            )
-        excess = max(self._pending + n - self._max_events, 0)
-        if self._pending_bytes >= self._max_bytes:
-            excess = max(excess, n)
-        while excess and self._inbox:
-            self._inbox.popleft()
-            self._pending -= 1
-            self._dropped_oldest += 1
-            excess -= 1
-        self._shed += excess  # older events are past the inbox: the loop drops them
-
-    def _schedule_wake(self) -> None:
-        loop = self._loop
-        if loop is None:
+    async def _put(self, items: list[_Fields], *, block: bool) -> None:
+        if not block:
+            self._put_now(items, count_rejects=True)
             return
-        if threading.get_ident() == self._loop_thread:
-            loop.call_soon(self._on_wake)
-        else:
+        while True:
             try:
-                loop.call_soon_threadsafe(self._on_wake)
-            except RuntimeError:  # loop closed while a thread was emitting
-                pass
-
-    def _on_wake(self) -> None:
-        self._assembler.wake()
-
-    def _may_block(self) -> bool:
-        return self.overflow == "block" and threading.get_ident() == self._loop_thread
-
-    async def _wait_for_room(self, n: int) -> None:
-        with anyio.move_on_after(self._block_timeout):
-            while self._pending + n > self._max_events or self._pending_bytes >= self._max_bytes:
-                self._room = anyio.Event() if self._room.is_set() else self._room
-                await self._room.wait()
-            return
-        with self._lock:
-            self._rejected += n
-        raise QueueFull(
-            f"no room for {n} events after waiting {self._block_timeout:g}s; the journal is behind"
-        )
-
-    def _last_seq(self) -> int:
-        with self._lock:
-            return self._next_seq - 1
-
-    # -- assembler interface -------------------------------------------------------
-
-    def _take_inbox(self) -> tuple[deque[Raw], int]:
-        """Swap out the inbox with the drop_oldest debt (the next emit wakes the loop)."""
-        with self._lock:
-            raws, self._inbox = self._inbox, deque()
-            self._wake_scheduled = False
-            shed, self._shed = self._shed, 0
-        return raws, shed
-
-    def _take_shed(self) -> int:
-        with self._lock:
-            debt, self._shed = self._shed, 0
-        return debt
-
-    def _release(self, events: int) -> None:
-        """``events`` left the pipeline (written, dropped or dead-lettered)."""
-        with self._lock:
-            self._pending -= events
-        self._room.set()
-
-    def _update_bytes(self) -> None:
-        self._pending_bytes = self._aggregator.bytes_held + self._writer.queued_bytes
-
-    def _progressed(self) -> None:
-        """After each assembler cycle and each write: bytes held, then waiters."""
-        self._update_bytes()
-        self._waiters.release()
-
-    def _inbox_low(self) -> int:
-        """The oldest sequence number in the inbox, or the next one when it is empty."""
-        with self._lock:
-            return self._inbox[0][6] if self._inbox else self._next_seq
+                self._put_now(items, count_rejects=False)
+                return
+            except QueueFull:
+                await self._inbox.wait_for_room(len(items))

@@ -2,48 +2,36 @@
 
 Every event gets a sequence number on emit. The low-water mark is the oldest one still
 in the pipeline (inbox, open groups, write queue, in flight): every event below it is
-written, dropped or dead-lettered. ``flush``, durable ingest and ``aclose`` wait on it.
+written, dropped or dead-lettered. ``flush``, durable ingest and close wait on it, and
+re-check it whenever the inbox reports progress (after each assembler cycle and write).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import anyio
-
 from sse_batcher.batching._aggregation import Aggregator
+from sse_batcher.batching._inbox import Inbox
 from sse_batcher.batching._writer import JournalWriter
 
 __all__ = ["WriteWaiters"]
 
 
 class WriteWaiters:
-    """Releases each waiter once the low-water mark passes its sequence number.
+    """Waits for the low-water mark to pass a sequence number.
 
     Args:
-        inbox_low: the oldest sequence number still in the inbox, or the next one
-            to be assigned when it is empty (read under the batcher's lock).
+        inbox: the inbox (its oldest sequence number, and the progress signal).
         aggregator: the open groups.
         writer: the write queue and the batch in flight.
-        wake: wakes the assembler, whose cycle ends with ``release``.
     """
 
-    def __init__(
-        self,
-        inbox_low: Callable[[], int],
-        aggregator: Aggregator,
-        writer: JournalWriter,
-        wake: Callable[[], None],
-    ) -> None:
-        self._inbox_low = inbox_low
+    def __init__(self, inbox: Inbox, aggregator: Aggregator, writer: JournalWriter) -> None:
+        self._inbox = inbox
         self._aggregator = aggregator
         self._writer = writer
-        self._wake = wake
-        self._waiters: list[tuple[int, anyio.Event]] = []
 
     def low_water(self) -> int:
         """Every event with a sequence number below this is written or accounted for."""
-        candidates = [self._inbox_low()]
+        candidates = [self._inbox.low_seq()]
         held = self._aggregator.oldest_seq()
         if held is not None:
             candidates.append(held)
@@ -56,20 +44,6 @@ class WriteWaiters:
         """Return once every event up to ``seq`` is written (or accounted for)."""
         if seq < self.low_water():
             return
-        done = anyio.Event()
-        self._waiters.append((seq, done))
-        self._wake()
-        await done.wait()
-
-    def release(self) -> None:
-        """Wake the waiters the low-water mark has passed (called after each step)."""
-        if not self._waiters:
-            return
-        low = self.low_water()
-        still = []
-        for seq, done in self._waiters:
-            if seq < low:
-                done.set()
-            else:
-                still.append((seq, done))
-        self._waiters = still
+        self._inbox.wake()  # one assembler cycle moves the inbox on; windows do the rest
+        while seq >= self.low_water():
+            await self._inbox.wait_progress()

@@ -4,9 +4,9 @@
         ok ──► counters, sinks, dead letters re-appended first next time, progress
         error ──► retry_delay · 2^n · jitter ─ after max_retries ──► dead-letter store
 
-It is owned by ``SSEEventBatcher``: entered in its exit stack, ``run`` started in its
-task group, and told through two callbacks when events leave the pipeline
-(``release``) and when the low-water mark may have moved (``progress``).
+It is owned by ``SSEEventBatcher``: entered in its lifespan, ``run`` started in its
+task group. It reports to the :class:`~sse_batcher.batching._inbox.Inbox` it is given:
+room released as events leave the pipeline, and progress after each batch.
 """
 
 from __future__ import annotations
@@ -15,26 +15,29 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from os import PathLike
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
 
+from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._aggregation import Flushed
 from sse_batcher.batching._dead_letter import DeadLetterStore
 from sse_batcher.batching._events import EncodedEvent, StoredEvent
+from sse_batcher.batching._inbox import Inbox
 from sse_batcher.batching._journal import Journal
 from sse_batcher.batching._sink import Sink
-from sse_batcher.batching._stats import LatencyWindow, SourceCounters
+from sse_batcher.batching._sources import SourceTable
+from sse_batcher.batching._stats import LatencyWindow
 
 if TYPE_CHECKING:
     from sse_batcher.batching._sink_set import SinkSet
 
-__all__ = ["JournalWriter"]
+__all__ = ["JournalWriter", "WriterCounts"]
 
 # The batcher's logger: these messages were always the batcher's, and users filter on it.
 logger = logging.getLogger("sse_batcher.batcher")
@@ -43,7 +46,22 @@ _MAX_WRITE_EVENTS = 10_000  # events per journal transaction at most
 _MAX_RECOVERY_DELAY = 30.0  # seconds between probes of a failing journal, at most
 
 
-class JournalWriter:
+@dataclass(slots=True)
+class WriterCounts:
+    """What the writer counts; ``SSEEventBatcher.stats`` reads it."""
+
+    members_out: int = 0
+    messages_out: int = 0
+    batches_created: int = 0
+    writes: int = 0
+    retries: int = 0
+    failed_writes: int = 0
+    dead_lettered: int = 0
+    dead_letter_replayed: int = 0
+    stream_only_lost: int = 0
+
+
+class JournalWriter(Resource):
     """Appends queued batches to the journal in order, retrying, then dead-lettering.
 
     Args:
@@ -55,9 +73,8 @@ class JournalWriter:
         drain_timeout: how long the sinks may drain at close (and what the
             leftovers log line reports).
         sinks: secondary destinations fed after each append.
-        workers: the batcher's per-source counters (``messages_out`` is counted here).
-        release: called with a count of events that left the pipeline.
-        progress: called after each batch, when the low-water mark may have moved.
+        inbox: the pipeline's accounting (room and progress are reported there).
+        sources: the per-source counters (``messages_out`` is counted here).
     """
 
     def __init__(
@@ -69,9 +86,8 @@ class JournalWriter:
         retry_delay: float,
         drain_timeout: float,
         sinks: Sequence[Sink],
-        workers: Mapping[str, SourceCounters],
-        release: Callable[[int], None],
-        progress: Callable[[], None],
+        inbox: Inbox,
+        sources: SourceTable,
     ) -> None:
         self._journal = journal
         self._dead_letters = DeadLetterStore(dead_letter_path)
@@ -79,37 +95,23 @@ class JournalWriter:
         self._retry_delay = retry_delay
         self._drain_timeout = drain_timeout
         self._sinks = tuple(sinks)
-        self._workers = workers
-        self._release = release
-        self._progress = progress
+        self._inbox = inbox
+        self._sources = sources
         self._queue: deque[Flushed] = deque()
         self._writable = anyio.Event()
         self._inflight: list[EncodedEvent] = []
         self._inflight_seq: int | None = None
         self._sink_set: SinkSet | None = None
-        self._exit_stack: AsyncExitStack | None = None
         self.queued_bytes = 0  # encoded bytes in the write queue (not in flight)
         # False from a failed journal append until the next successful one: /health
         # reports it, because a journal can answer reads while every write fails.
         self.healthy = True
         self.latency = LatencyWindow()
-        self.counts: dict[str, int] = dict.fromkeys(
-            (
-                "members_out",
-                "messages_out",
-                "batches_created",
-                "writes",
-                "retries",
-                "failed_writes",
-                "dead_lettered",
-                "dead_letter_replayed",
-                "stream_only_lost",
-            ),
-            0,
-        )
+        self.counts = WriterCounts()
 
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:  # at exit the sinks drain and close
             if self._sinks:
                 from sse_batcher.batching._sink_set import SinkSet
 
@@ -117,17 +119,7 @@ class JournalWriter:
                     SinkSet(self._sinks, drain_timeout=self._drain_timeout)
                 )
             await self._dead_letters.load()  # counts what an earlier run left behind
-            self._exit_stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._exit_stack is not None
-        await self._exit_stack.aclose()  # the sinks drain and close
+            yield
 
     # -- the batcher's side ----------------------------------------------------------
 
@@ -209,10 +201,12 @@ class JournalWriter:
             await self._write(batch)
             self._inflight = []
             self._inflight_seq = None
-            self._progress()
+            self._inbox.progressed()
 
     async def _write(self, batch: list[EncodedEvent]) -> None:
-        self.queued_bytes -= sum(len(i.data_json) for i in batch)
+        taken = sum(len(i.data_json) for i in batch)
+        self.queued_bytes -= taken
+        self._inbox.pending_bytes -= taken
         # Dead letters are older than anything queued: they go first, and while
         # they cannot be written the new batch queues behind them, so the journal
         # keeps emit order through a fault.
@@ -232,28 +226,29 @@ class JournalWriter:
                 await self._dead_letter(batch)
             return
         self._record_written(batch, stored)
-        self._release(sum(i.members for i in batch))
+        self._inbox.release(sum(i.members for i in batch))
 
     async def _dead_letter(self, batch: list[EncodedEvent]) -> None:
         durable = [i for i in batch if i.persist]
         kept = sum(i.members for i in durable)
         total = sum(i.members for i in batch)
-        self.counts["dead_lettered"] += kept
-        self.counts["stream_only_lost"] += total - kept
+        self.counts.dead_lettered += kept
+        self.counts.stream_only_lost += total - kept
         if durable:
             await self._dead_letters.add(durable)
-        self._release(total)
+        self._inbox.release(total)
 
     def _record_written(self, batch: list[EncodedEvent], stored: list[StoredEvent]) -> None:
         c = self.counts
-        c["writes"] += 1
+        c.writes += 1
+        counters = self._sources.counters
         now = time.monotonic()
         for item in batch:
-            c["members_out"] += item.members
-            c["messages_out"] += 1
+            c.members_out += item.members
+            c.messages_out += 1
             if item.members > 1:
-                c["batches_created"] += 1
-            worker = self._workers.get(item.event.source)
+                c.batches_created += 1
+            worker = counters.get(item.event.source)
             if worker is not None:
                 worker.messages_out += 1
             if item.emitted_at:
@@ -272,11 +267,11 @@ class JournalWriter:
                 return stored
             except Exception as exc:
                 self.healthy = False
-                self.counts["failed_writes"] += 1
+                self.counts.failed_writes += 1
                 if attempt == self._max_retries:
                     logger.warning("journal append failed (%s); giving up on this batch", exc)
                     return None
-                self.counts["retries"] += 1
+                self.counts.retries += 1
                 delay = self._retry_delay * (2**attempt) * random.uniform(0.5, 1.5)
                 logger.warning("journal append failed (%s); retrying in %.2fs", exc, delay)
                 await anyio.sleep(delay)
@@ -295,11 +290,11 @@ class JournalWriter:
                     stored = await self._journal.append(chunk)
             except Exception as exc:
                 self.healthy = False
-                self.counts["failed_writes"] += 1
+                self.counts.failed_writes += 1
                 logger.warning("dead-letter replay failed (%s); will retry later", exc)
                 return False
             self.healthy = True
-            self.counts["dead_letter_replayed"] += sum(i.members for i in chunk)
+            self.counts.dead_letter_replayed += sum(i.members for i in chunk)
             self._record_written(chunk, stored)
             with anyio.CancelScope(shield=True):
                 await self._dead_letters.replace(rest)

@@ -1,6 +1,6 @@
 """``create_app``: the Starlette service around a batcher, its journal and a hub.
 
-Routes (the HTTP contract of DESIGN.md)::
+Routes (the HTTP contract, documented in docs/)::
 
     GET  /events               SSE stream (replay after Last-Event-ID, then live)
     POST /events               ingest: object, array or {"events": [...]}
@@ -15,7 +15,7 @@ Shutdown::
 
     SIGTERM ─► uvicorn stops accepting ─► sse-starlette sees should_exit ─► open
     streams end (clients reconnect elsewhere with Last-Event-ID) ─► lifespan exit:
-    close any stream left ─► batcher.aclose() drains ─► hub ─► journal
+    close any stream left ─► the batcher drains (its async with ends) ─► hub ─► journal
 """
 
 from __future__ import annotations

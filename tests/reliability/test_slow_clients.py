@@ -175,8 +175,10 @@ async def test_stuck_clients_do_not_slow_fast_ones(
             f"rss {base['rss']} -> {loaded['rss']} KiB; both disconnected after {posts} x 600 KB"
         )
     assert base["complete"] and loaded["complete"], "a fast client missed events"
-    assert loaded["p50"] <= base["p50"] * 1.2 + 0.025, (base["p50"], loaded["p50"])
-    assert loaded["p95"] <= base["p95"] * 1.5 + 0.050, (base["p95"], loaded["p95"])
+    # Generous bounds (the machine is shared): a fan-out that waited for the stuck
+    # sockets would add their send timeout (seconds), not tens of milliseconds.
+    assert loaded["p50"] <= base["p50"] * 2 + 0.25, (base["p50"], loaded["p50"])
+    assert loaded["p95"] <= base["p95"] * 2 + 0.5, (base["p95"], loaded["p95"])
     # Flat (generous): the run with the stuck clients grows RSS by < 16 MiB over the
     # run without them (measured: ~5 MiB).
     assert max(loaded["rss"]) - max(base["rss"]) < 16 * 1024

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from sse_batcher._exceptions import JournalUnavailable
+from sse_batcher.journals._counters import RedisCounters
 from sse_batcher.journals.redis._keys import ENSURE_STREAM, REDIS_ERRORS, Keys, drop_connections
 
 __all__ = ["StreamEpoch", "retry_once"]
@@ -60,7 +61,7 @@ class StreamEpoch:
         url: str,
         keys: Keys,
         client: Callable[[], aioredis.Redis],
-        counters: dict[str, int],
+        counters: RedisCounters,
     ) -> None:
         self._url = url
         self._keys = keys
@@ -80,7 +81,7 @@ class StreamEpoch:
         epoch = raw.decode()
         if epoch != self.value:
             if self.value is not None:
-                self._counters["epoch_changes"] += 1
+                self._counters.epoch_changes += 1
                 logger.warning("Redis stream %s has a new epoch %s", self._keys.stream, epoch)
             self.value = epoch
         return epoch
@@ -97,7 +98,7 @@ class StreamEpoch:
         except REDIS_ERRORS as exc:
             raise JournalUnavailable(f"Redis at {self._url} is unavailable: {exc}") from exc
         if created:
-            self._counters["streams_created"] += 1
+            self._counters.streams_created += 1
         epoch = self.see(raw_epoch)
         assert epoch is not None
         return epoch

@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 import anyio
@@ -43,6 +44,7 @@ from sse_batcher._exceptions import BatcherClosed, ConfigError, JournalUnavailab
 from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._events import EncodedEvent, Position, StoredEvent
 from sse_batcher.batching._journal import Resume, TailListener, format_event_id, parse_event_id
+from sse_batcher.journals._counters import RedisCounters
 from sse_batcher.journals.redis._epoch import StreamEpoch, retry_once
 from sse_batcher.journals.redis._keys import (
     REDIS_ERRORS,
@@ -64,10 +66,6 @@ logger = logging.getLogger("sse_batcher.redis")
 
 _MAX_APPEND_ATTEMPTS = 3
 _UID_RETENTION = 3600.0
-# The counters SQLiteJournal has too, where they mean the same thing, then Redis's own.
-_COUNTERS = """appends transactions rows_written uids_written stream_only failures
-    rows_deleted uids_deleted cleanup_runs cleanup_failures listener_errors
-    streams_created epoch_changes tail_delivered tail_batches tail_reconnects live_received"""
 
 
 class RedisJournal(Resource):
@@ -119,7 +117,7 @@ class RedisJournal(Resource):
         self._closing = anyio.Event()
         self._tails = 0
         self._last_append_ms = 0.0
-        self._counters: dict[str, int] = dict.fromkeys(_COUNTERS.split(), 0)
+        self._counters = RedisCounters()
         self._epoch = StreamEpoch(
             url=url, keys=self._keys, client=self._open_client, counters=self._counters
         )
@@ -181,7 +179,7 @@ class RedisJournal(Resource):
             JournalUnavailable: Redis failed; nothing was stored or published.
         """
         client = self._open_client()
-        self._counters["appends"] += 1
+        self._counters.appends += 1
         if not events:
             return []
         persisted = [e for e in events if e.persist]
@@ -194,17 +192,17 @@ class RedisJournal(Resource):
         except REDIS_ERRORS as exc:
             # Not retried here: if the EXEC ran and only its reply was lost, sending it
             # again would store the batch twice. The batcher retries on fresh connections.
-            self._counters["failures"] += 1
+            self._counters.failures += 1
             await drop_connections(client)
             raise JournalUnavailable(f"Redis append failed: {exc}") from exc
         except JournalUnavailable:
-            self._counters["failures"] += 1
+            self._counters.failures += 1
             raise
         self._last_append_ms = (time.perf_counter() - started) * 1000.0
-        self._counters["transactions"] += 1
-        self._counters["rows_written"] += len(persisted)
-        self._counters["uids_written"] += len(uids)
-        self._counters["stream_only"] += len(live)
+        self._counters.transactions += 1
+        self._counters.rows_written += len(persisted)
+        self._counters.uids_written += len(uids)
+        self._counters.stream_only += len(live)
         epoch = self.epoch
         positions = iter(ids)
         stored: list[StoredEvent] = []
@@ -343,12 +341,12 @@ class RedisJournal(Resource):
                 pipe.zremrangebyscore(self._keys.uids, "-inf", f"({now - _UID_RETENTION!r}")
                 *trimmed, expired = await pipe.execute()
         except REDIS_ERRORS as exc:
-            self._counters["cleanup_failures"] += 1
+            self._counters.cleanup_failures += 1
             raise JournalUnavailable(f"Redis cleanup failed: {exc}") from exc
         deleted = int(trimmed[0]) if trimmed else 0
-        self._counters["cleanup_runs"] += 1
-        self._counters["rows_deleted"] += deleted
-        self._counters["uids_deleted"] += int(expired)
+        self._counters.cleanup_runs += 1
+        self._counters.rows_deleted += deleted
+        self._counters.uids_deleted += int(expired)
         return deleted
 
     async def _cleanup_loop(self) -> None:
@@ -361,7 +359,7 @@ class RedisJournal(Resource):
 
     def stats(self) -> dict[str, Any]:
         """Counters for ``/stats`` and ``/metrics`` (flat numbers)."""
-        stats: dict[str, Any] = dict(self._counters)
+        stats: dict[str, Any] = asdict(self._counters)
         stats["last_append_ms"] = round(self._last_append_ms, 3)
         stats["listeners"] = self._tails
         stats["open"] = 1 if self.is_open else 0

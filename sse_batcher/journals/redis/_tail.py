@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from sse_batcher.batching._events import StoredEvent
 from sse_batcher.batching._journal import TailListener
+from sse_batcher.journals._counters import RedisCounters
 from sse_batcher.journals.redis._keys import (
     REDIS_ERRORS,
     Keys,
@@ -58,7 +59,7 @@ class RedisTail:
         block_ms: int,
         epoch: Callable[[], str],
         see_epoch: Callable[[bytes | None], object],
-        counters: dict[str, int],
+        counters: RedisCounters,
     ) -> None:
         self._url = url
         self._keys = keys
@@ -71,7 +72,7 @@ class RedisTail:
         try:
             deliver(batch)
         except Exception:  # the events are stored; one bad listener must not stop the tail
-            self._counters["listener_errors"] += 1
+            self._counters.listener_errors += 1
             logger.exception("Redis tail listener %r failed", deliver)
 
     async def _backoff(self, attempt: int) -> None:
@@ -123,11 +124,11 @@ class RedisTail:
                     entries = read[0][1]
                     batch = [stored_entry(epoch, i, f) for i, f in entries]
                     last_id = entries[-1][0]
-                    self._counters["tail_batches"] += 1
-                    self._counters["tail_delivered"] += len(batch)
+                    self._counters.tail_batches += 1
+                    self._counters.tail_delivered += len(batch)
                     self._deliver(deliver, batch)
             except REDIS_ERRORS as exc:
-                self._counters["tail_reconnects"] += 1
+                self._counters.tail_reconnects += 1
                 logger.warning("Redis tail lost its connection (%s); reconnecting", exc)
                 await self._backoff(attempt)
                 attempt += 1
@@ -160,10 +161,10 @@ class RedisTail:
                     if message is None or message.get("type") != "message":
                         continue
                     batch = live_events(message["data"])
-                    self._counters["live_received"] += len(batch)
+                    self._counters.live_received += len(batch)
                     self._deliver(deliver, batch)
             except (*REDIS_ERRORS, TimeoutError) as exc:
-                self._counters["tail_reconnects"] += 1
+                self._counters.tail_reconnects += 1
                 logger.warning("Redis live channel lost its connection (%s); reconnecting", exc)
                 await self._backoff(attempt)
                 attempt += 1

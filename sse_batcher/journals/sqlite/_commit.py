@@ -25,6 +25,7 @@ import anyio
 from sse_batcher._exceptions import BatcherClosed, JournalUnavailable
 from sse_batcher.batching._events import EncodedEvent, Position, StoredEvent
 from sse_batcher.batching._journal import format_event_id
+from sse_batcher.journals._counters import SQLiteCounters
 from sse_batcher.journals.sqlite._schema import INSERT, INSERT_UID, SEQUENCE
 
 __all__ = ["GroupCommit"]
@@ -64,7 +65,7 @@ class GroupCommit:
         writer: Callable[[], aiosqlite.Connection | None],
         epoch: Callable[[], str],
         clock: Callable[[], float],
-        counters: dict[str, float],
+        counters: SQLiteCounters,
         on_commit: Callable[[list[list[StoredEvent]]], None],
     ) -> None:
         self._path = path
@@ -113,13 +114,13 @@ class GroupCommit:
                 await self._transaction(writer, batch)
             except (sqlite3.Error, OSError, ValueError) as exc:
                 # ValueError: aiosqlite's "Connection closed" / "no active connection".
-                self._counters["failures"] += 1
+                self._counters.failures += 1
                 logger.warning("%s: append of %d failed: %s", self._path, len(batch), exc)
                 for request in batch:
                     request.error = exc
                     request.result = []
                 return
-            self._counters["last_append_ms"] = (time.perf_counter() - started) * 1000.0
+            self._counters.last_append_ms = (time.perf_counter() - started) * 1000.0
         self._on_commit([request.result for request in batch])
 
     async def _transaction(self, writer: aiosqlite.Connection, batch: list[_Append]) -> None:
@@ -170,10 +171,8 @@ class GroupCommit:
                 except Exception:
                     logger.warning("%s: rollback failed", self._path, exc_info=True)
         counters = self._counters
-        counters["transactions"] += 1 if persisted else 0
-        counters["rows_written"] += len(rows)
-        counters["uids_written"] += len(uid_rows)
-        counters["stream_only"] += sum(len(r.events) for r in batch) - len(rows)
-        counters["max_appends_per_transaction"] = max(
-            counters["max_appends_per_transaction"], len(batch)
-        )
+        counters.transactions += 1 if persisted else 0
+        counters.rows_written += len(rows)
+        counters.uids_written += len(uid_rows)
+        counters.stream_only += sum(len(r.events) for r in batch) - len(rows)
+        counters.max_appends_per_transaction = max(counters.max_appends_per_transaction, len(batch))

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 import aiosqlite
@@ -27,6 +28,7 @@ from sse_batcher._exceptions import BatcherClosed, ConfigError, JournalUnavailab
 from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._events import EncodedEvent, Position, StoredEvent
 from sse_batcher.batching._journal import Resume, TailListener, format_event_id, parse_event_id
+from sse_batcher.journals._counters import SQLiteCounters
 from sse_batcher.journals.sqlite._commit import GroupCommit
 from sse_batcher.journals.sqlite._retention import Retention
 from sse_batcher.journals.sqlite._schema import (
@@ -44,9 +46,6 @@ __all__ = ["SQLiteJournal"]
 logger = logging.getLogger("sse_batcher.journal")
 
 _CLOSE_TIMEOUT = 10.0
-_COUNTERS = """appends transactions rows_written uids_written stream_only
-    max_appends_per_transaction last_append_ms failures rows_deleted uids_deleted
-    cleanup_runs cleanup_failures listener_errors"""
 
 
 class SQLiteJournal(Resource):
@@ -96,7 +95,7 @@ class SQLiteJournal(Resource):
         self._closing = anyio.Event()
         self._write_lock = anyio.Lock()
         self._cleanup_lock = anyio.Lock()
-        self._counters: dict[str, float] = dict.fromkeys(_COUNTERS.split(), 0)
+        self._counters = SQLiteCounters()
         self._commits = GroupCommit(
             path=self._path,
             write_lock=self._write_lock,
@@ -196,7 +195,7 @@ class SQLiteJournal(Resource):
             BatcherClosed: the journal is not open.
         """
         self._require_open()
-        self._counters["appends"] += 1
+        self._counters.appends += 1
         if not events:
             return []
         return await self._commits.append(events)
@@ -209,7 +208,7 @@ class SQLiteJournal(Resource):
             try:
                 deliver(events)
             except Exception:  # the events are committed; one bad listener must not undo that
-                self._counters["listener_errors"] += 1
+                self._counters.listener_errors += 1
                 logger.exception("%s: tail listener %r failed", self._path, deliver)
 
     async def run_tail(
@@ -343,11 +342,11 @@ class SQLiteJournal(Resource):
                     writer, reader, now, write_lock=self._write_lock, is_open=self._is_open
                 )
             except (sqlite3.Error, OSError, ValueError) as exc:
-                self._counters["cleanup_failures"] += 1
+                self._counters.cleanup_failures += 1
                 raise JournalUnavailable(f"{self._path}: cleanup failed: {exc}") from exc
-            self._counters["cleanup_runs"] += 1
-            self._counters["rows_deleted"] += deleted
-            self._counters["uids_deleted"] += uids
+            self._counters.cleanup_runs += 1
+            self._counters.rows_deleted += deleted
+            self._counters.uids_deleted += uids
             if deleted:
                 logger.info("%s: retention deleted %d events", self._path, deleted)
             return deleted
@@ -356,7 +355,7 @@ class SQLiteJournal(Resource):
 
     def stats(self) -> dict[str, Any]:
         """Counters for ``/stats`` and ``/metrics`` (a flat dict of numbers)."""
-        stats: dict[str, Any] = dict(self._counters)
+        stats: dict[str, Any] = asdict(self._counters)
         for name in ("last_append_ms",):
             stats[name] = round(stats[name], 3)
         stats["listeners"] = len(self._listeners)

@@ -12,13 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_batcher import AggregationRule, ConfigError, batch_type_for
-from sse_batcher.batching._aggregation import Aggregator, Flushed, Member, RuleSet
+from sse_batcher.batching._aggregation import Aggregator, Flush, Flushed, Member, RuleSet
 
 
 def member(
-    type: str, data: dict[str, Any], *, at: float = 0.0, source: str = "w", batching: bool = True
+    type: str,
+    data: dict[str, Any],
+    *,
+    at: float = 0.0,
+    source: str = "w",
+    batching: bool = True,
+    seq: int = 0,
 ) -> Member:
-    return Member(type, source, data, 1000.0 + at, None, orjson.dumps(data), at, batching, 0)
+    return Member(type, source, data, 1000.0 + at, None, orjson.dumps(data), at, batching, seq)
 
 
 @pytest.mark.parametrize(
@@ -177,14 +183,18 @@ def property_cases(test: Callable[..., None]) -> Callable[..., None]:
         steps=st.lists(step, max_size=80),
         window=st.sampled_from([0.1, 0.5, 1.0]),
         max_batch=st.integers(1, 5),
+        flush=st.sampled_from(["trailing", "leading"]),
     )
     return settings(max_examples=300, deadline=None)(cases(test))
 
 
 def _drive(
-    steps: list[tuple[float, str, str, int | None, bool, bool]], window: float, max_batch: int
+    steps: list[tuple[float, str, str, int | None, bool, bool]],
+    window: float,
+    max_batch: int,
+    flush: Flush = "trailing",
 ) -> tuple[list[dict[str, Any]], list[tuple[float, Flushed]], Aggregator]:
-    agg = Aggregator(RuleSet(RULES), window=window, max_batch=max_batch)
+    agg = Aggregator(RuleSet(RULES), window=window, max_batch=max_batch, flush=flush)
     raw: list[dict[str, Any]] = []
     delivered: list[tuple[float, Flushed]] = []
     now = 0.0
@@ -220,9 +230,9 @@ def _members(flushed: Flushed) -> list[dict[str, Any]]:
 
 @property_cases
 def test_members_in_equal_members_out_plus_coalesced(
-    steps: list[Any], window: float, max_batch: int
+    steps: list[Any], window: float, max_batch: int, flush: Flush
 ) -> None:
-    raw, delivered, agg = _drive(steps, window, max_batch)
+    raw, delivered, agg = _drive(steps, window, max_batch, flush)
     out = [m for _, f in delivered for m in _members(f)]
     assert len(raw) == len(out) + agg.coalesced
     assert sum(f.item.members for _, f in delivered) == len(out)
@@ -236,9 +246,9 @@ def test_members_in_equal_members_out_plus_coalesced(
 
 @property_cases
 def test_per_entity_state_matches_emit_order(
-    steps: list[Any], window: float, max_batch: int
+    steps: list[Any], window: float, max_batch: int, flush: Flush
 ) -> None:
-    raw, delivered, _ = _drive(steps, window, max_batch)
+    raw, delivered, _ = _drive(steps, window, max_batch, flush)
     out = [m for _, f in delivered for m in _members(f)]
     for job in range(5):
         sent = [r["n"] for r in raw if r.get("job_id") == job]
@@ -251,8 +261,36 @@ def test_per_entity_state_matches_emit_order(
 
 @property_cases
 def test_delivery_never_later_than_first_event_plus_window(
-    steps: list[Any], window: float, max_batch: int
+    steps: list[Any], window: float, max_batch: int, flush: Flush
 ) -> None:
-    _, delivered, _ = _drive(steps, window, max_batch)
+    _, delivered, _ = _drive(steps, window, max_batch, flush)
     for at, flushed in delivered:
         assert at <= flushed.item.emitted_at + window + 1e-9
+
+
+def test_leading_edge_sends_the_first_event_at_once_and_merges_the_rest() -> None:
+    agg = Aggregator(RuleSet(), window=0.5, max_batch=10, flush="leading")
+    agg.add(member("JOB_STARTED", {"job_id": 1}, at=0.0, seq=1))
+    first = agg.ready(0.0)  # no window to wait for: the quiet period ended it
+    assert [f.item.event.type for f in first] == ["JOB_STARTED"]
+    for n in (2, 3, 4):
+        agg.add(member("JOB_STARTED", {"job_id": n}, at=0.01 * n, seq=n))
+    assert agg.ready(0.1) == []  # the followers wait for their window
+    (batch,) = agg.ready(0.02 + 0.5)
+    assert batch.item.event.type == "JOBS_BATCH_STARTED"
+    assert batch.item.event.data["job_ids"] == [2, 3, 4]
+    # quiet for a whole window again: the next one leads
+    agg.add(member("JOB_STARTED", {"job_id": 9}, at=2.0, seq=9))
+    assert [f.item.event.data["job_id"] for f in agg.ready(2.0)] == [9]
+    assert agg.sealed_by["leading"] == 2
+
+
+def test_a_rule_can_choose_its_edge() -> None:
+    rules = RuleSet([AggregationRule(types="JOB_STARTED", flush="trailing")])
+    agg = Aggregator(rules, window=0.5, max_batch=10, flush="leading")
+    agg.add(member("JOB_STARTED", {"job_id": 1}, at=0.0, seq=1))
+    agg.add(member("JOB_DONE", {"job_id": 2}, at=0.0, seq=2))
+    assert agg.ready(0.0) == []  # the trailing group is older: the leading one waits
+    assert [f.item.event.type for f in agg.ready(0.5)] == ["JOB_STARTED", "JOB_DONE"]
+    with pytest.raises(ConfigError):
+        AggregationRule(flush="middle")  # type: ignore[arg-type]

@@ -29,9 +29,11 @@ from sse_batcher._exceptions import ConfigError, InvalidEvent
 from sse_batcher.batching._events import EncodedEvent, Event, check_name
 
 __all__ = [
+    "FLUSHES",
     "FLUSH_REASONS",
     "AggregationRule",
     "Aggregator",
+    "Flush",
     "Flushed",
     "Member",
     "RuleSet",
@@ -41,7 +43,22 @@ __all__ = [
 
 Mode = Literal["collect", "latest", "passthrough"]
 _MODES = ("collect", "latest", "passthrough")
-FLUSH_REASONS = ("size", "time", "immediate", "order", "unbatched", "passthrough", "flush", "close")
+# "trailing": a group waits its window from its first event. "leading": the first event
+# after a quiet window goes out at once, and only those that follow it are merged.
+Flush = Literal["trailing", "leading"]
+FLUSHES = ("trailing", "leading")
+FLUSH_REASONS = (
+    "size",
+    "time",
+    "immediate",
+    "order",
+    "unbatched",
+    "passthrough",
+    "leading",
+    "flush",
+    "close",
+)
+_QUIET_TABLE_LIMIT = 65_536  # keys remembered for leading-edge quiet detection
 _Entity = tuple[str, Hashable]
 
 
@@ -98,6 +115,10 @@ class AggregationRule:
             has ``"level": "error"`` or ``"critical"`` are immediate whatever the
             rule says.
         persist: False for stream-only events: delivered live, never stored.
+        flush: ``"leading"`` delivers the first event after a quiet window (no event
+            of the same key for ``window`` seconds) at once, alone, and merges only
+            the ones that follow it; ``"trailing"`` holds every group for its window.
+            None takes the batcher's default (``SSEEventBatcher(flush=...)``).
     """
 
     types: tuple[str, ...] | str = "*"
@@ -109,6 +130,7 @@ class AggregationRule:
     batch_type: str | None = None
     immediate: bool = False
     persist: bool = True
+    flush: Flush | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "types", _as_names(self.types, "types"))
@@ -124,6 +146,8 @@ class AggregationRule:
                 check_name("batch_type", self.batch_type)
             except InvalidEvent as exc:
                 raise ConfigError(str(exc)) from None
+        if self.flush is not None and self.flush not in FLUSHES:
+            raise ConfigError(f"flush must be 'trailing' or 'leading', not {self.flush!r}")
         if self.mode == "latest" and self.entity_fields == ():
             raise ConfigError("a 'latest' rule needs entity_fields to know what supersedes what")
 
@@ -238,10 +262,18 @@ class Aggregator:
         rules: the rule set.
         window: seconds from a group's first member to its flush.
         max_batch: members at which a group is sealed.
+        flush: the default edge for rules that do not name one.
     """
 
-    def __init__(self, rules: RuleSet, *, window: float, max_batch: int) -> None:
+    def __init__(
+        self, rules: RuleSet, *, window: float, max_batch: int, flush: Flush = "trailing"
+    ) -> None:
+        if flush not in FLUSHES:
+            raise ConfigError(f"flush must be 'trailing' or 'leading', not {flush!r}")
         self._rules = rules
+        self._flush = flush
+        # leading edge: key -> when its latest event arrived (monotonic), bounded
+        self._last_at: dict[tuple[Hashable, ...], float] = {}
         self._window = window
         self._max_batch = max_batch
         # First-event order; groups leave from the front only, and nothing keeps a
@@ -269,17 +301,7 @@ class Aggregator:
 
         if rule.mode == "passthrough" or not member.batching:
             reason = "passthrough" if rule.mode == "passthrough" else "unbatched"
-            if not self._groups:
-                # Nothing older is held, so no group is needed to keep order: the
-                # event is ready now (the common case with batching switched off).
-                self.members_held -= 1
-                self.sealed_by["immediate" if immediate else reason] += 1
-                self._ready.append(Flushed(_single(member, rule.persist), member.seq))
-                return
-            group = self._new_group(index, rule, member, key=None, entities=entities)
-            self._seal(group, "immediate" if immediate else reason)
-            if immediate:
-                self._seal_through(group.serial)
+            self._deliver_alone(index, rule, member, entities, "immediate" if immediate else reason)
             return
 
         if rule.key_fields:
@@ -302,6 +324,10 @@ class Aggregator:
                     self._seal(group_or_none, "order")
                     group_or_none = None
                     break
+        if (rule.flush or self._flush) == "leading" and self._leads(key, member.emitted_at):
+            if group_or_none is None and not immediate:
+                self._deliver_alone(index, rule, member, entities, "leading")
+                return
         if group_or_none is None:
             group = self._new_group(index, rule, member, key=key, entities=entities)
         else:
@@ -312,6 +338,42 @@ class Aggregator:
             self._seal_through(group.serial)
         elif group.size() >= self._max_batch:
             self._seal(group, "size")
+
+    def _deliver_alone(
+        self,
+        index: int,
+        rule: AggregationRule,
+        member: Member,
+        entities: tuple[_Entity, ...],
+        reason: str,
+    ) -> None:
+        """Send one member as it is, as soon as order allows (behind older groups)."""
+        if not self._groups:
+            # Nothing older is held, so no group is needed to keep order: the
+            # event is ready now (the common case with batching switched off).
+            self.members_held -= 1
+            self.sealed_by[reason] += 1
+            self._ready.append(Flushed(_single(member, rule.persist), member.seq))
+            return
+        group = self._new_group(index, rule, member, key=None, entities=entities)
+        self._seal(group, reason)
+        if reason == "immediate":
+            self._seal_through(group.serial)
+
+    def _leads(self, key: tuple[Hashable, ...], at: float) -> bool:
+        """Leading edge: True when no event of ``key`` arrived in the last window."""
+        last_at = self._last_at
+        previous = last_at.get(key)
+        if previous is None and len(last_at) >= _QUIET_TABLE_LIMIT:
+            # Forget keys quiet for a window (they would lead anyway); if every key is
+            # busy, forget them all: the cost is one early event per key, never a loss.
+            horizon = at - self._window
+            for stale in [k for k, seen in last_at.items() if seen <= horizon]:
+                del last_at[stale]
+            if len(last_at) >= _QUIET_TABLE_LIMIT:
+                last_at.clear()
+        last_at[key] = at
+        return previous is None or at - previous >= self._window
 
     def seal_all(self, reason: str = "close") -> None:
         """Seal every open group (at close, or for an explicit flush)."""

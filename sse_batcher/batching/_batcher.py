@@ -34,7 +34,7 @@ from sse_batcher._exceptions import (
     QueueFull,
 )
 from sse_batcher._lifecycle import Resource
-from sse_batcher.batching._aggregation import AggregationRule, Aggregator, RuleSet
+from sse_batcher.batching._aggregation import AggregationRule, Aggregator, Flush, RuleSet
 from sse_batcher.batching._assembler import Assembler
 from sse_batcher.batching._events import Event, check_name
 from sse_batcher.batching._inbox import Inbox, Overflow
@@ -93,6 +93,9 @@ class SSEEventBatcher(Resource):
             keeps them in memory (still retried, lost at exit).
         drain_timeout: seconds closing may spend writing what is pending.
         sinks: secondary destinations fed after each append (e.g. ``ArchiveSink``).
+        flush: ``"trailing"`` (a group waits its window) or ``"leading"`` (the first
+            event after a quiet window goes out at once; the ones that follow it inside
+            the window are merged). A rule's own ``flush`` wins.
         clock: monotonic clock (seconds) used for windows; injectable for tests.
     """
 
@@ -112,6 +115,7 @@ class SSEEventBatcher(Resource):
         dead_letter_path: str | PathLike[str] | None = None,
         drain_timeout: float = 10.0,
         sinks: Sequence[Sink] = (),
+        flush: Flush = "trailing",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _check_range("window", window, 0.01, 60)
@@ -141,7 +145,9 @@ class SSEEventBatcher(Resource):
             block_timeout=float(block_timeout),
         )
         self._sources = SourceTable()
-        self._aggregator = Aggregator(RuleSet(rules), window=self.window, max_batch=self.max_batch)
+        self._aggregator = Aggregator(
+            RuleSet(rules), window=self.window, max_batch=self.max_batch, flush=flush
+        )
         self._writer = JournalWriter(
             journal,
             dead_letter_path=dead_letter_path,

@@ -40,8 +40,9 @@ test: check browser docs  ## lint, type checks, the docs build and the whole tes
 demo: $(STAMP)  ## run the demo server with simulated workers on the embedded SQLite journal
 	$(BIN)/sse-batcher demo $(DEMO_ARGS)
 
-bench: $(STAMP)  ## run the benchmarks (QUICK=1 for the one-minute subset)
-	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+bench: $(STAMP)  ## run the benchmarks (QUICK=1: the one-minute subset; PEERS=1: also nginx+nchan and better-sse)
+	$(if $(PEERS),bench/peers/install)
+	$(BIN)/python -m bench$(if $(QUICK), --quick)$(if $(PEERS), --peers)
 
 soak: $(STAMP)  ## ten-minute mixed load with periodic kills
 	$(BIN)/python -m pytest tests/reliability -m slow --run-slow $(PYTEST_ARGS)

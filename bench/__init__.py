@@ -7,7 +7,7 @@ Baselines are measured in the same run and targets are ratios where the machine
 matters, because the machines are shared and noisy.
 
 This module holds what the scenarios share: rows, percentiles, subprocess
-servers on loopback, RSS and descriptor limits.
+servers on loopback, CPU and memory of a server's process tree, descriptor limits.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ from typing import IO, Any, Self
 
 __all__ = [
     "ROOT",
+    "MemoryPeak",
     "Server",
     "free_port",
     "http_json",
@@ -41,6 +43,9 @@ __all__ = [
     "rss_kb",
     "run_json",
     "tmpdir",
+    "tree_cpu_seconds",
+    "tree_memory_kb",
+    "tree_pids",
 ]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,6 +129,76 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (nginx's master and its worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as stat:
+            parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its descendants
+    (/proc/PID/stat utime + stime of each)."""
+    ticks = 0
+    for member in tree_pids(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB summed over ``pid`` and its descendants (/proc/PID/smaps_rollup).
+    PSS shares each page among the processes mapping it, so a master and its worker
+    sharing code count it once; the RSS sum counts it in each."""
+    rss = pss = 0
+    for member in tree_pids(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+    return rss, pss
+
+
+class MemoryPeak:
+    """Samples :func:`tree_memory_kb` of ``pid`` in a thread every ``interval`` seconds
+    while the block runs; ``rss_kb`` and ``pss_kb`` are the highest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.rss_kb = self.pss_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            rss, pss = tree_memory_kb(self.pid)
+            self.rss_kb, self.pss_kb = max(self.rss_kb, rss), max(self.pss_kb, pss)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def free_port() -> int:
     """A loopback TCP port that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -155,12 +230,16 @@ class Server:
     Args:
         argv: the command after ``python``, with ``{port}`` where the port goes.
         ready_path: polled with GET until it answers 200.
+        python: False when ``argv`` is a whole command of its own (nginx, node).
     """
 
-    def __init__(self, argv: Sequence[str], *, ready_path: str = "/health") -> None:
+    def __init__(
+        self, argv: Sequence[str], *, ready_path: str = "/health", python: bool = True
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._argv = [sys.executable, *(a.replace("{port}", str(self.port)) for a in argv)]
+        prefix = [sys.executable] if python else []
+        self._argv = [*prefix, *(a.replace("{port}", str(self.port)) for a in argv)]
         self._ready_path = ready_path
         self._output: IO[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None

@@ -5,6 +5,10 @@ processes and temporary files); a scenario that fails shows up as a NOT met row
 with the error rather than stopping the others. The table marks every target met
 or NOT met; notes under it say what each number is and what limits a missed
 target. Results and the machine they ran on go to ``bench/results.json``.
+
+``--peers`` (``make bench PEERS=1``) also runs nginx + nchan and better-sse
+(``bench.peers``) in the fan-out, latency and connection scenarios and prints
+them in a second table, one column per server.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ SCENARIOS = (
     "connections",
     "archive",
 )
+PEER_SCENARIOS = ("fanout", "latency", "connections")
 HEADERS = ("bench", "scenario", "metric", "value", "unit", "target", "met")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
 
@@ -79,6 +84,39 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(rows: list[dict[str, Any]], *, markdown: bool = False) -> str:
+    """The peer rows (those with ``server`` and ``measure``) as one line per scenario
+    and measure, one column per server; a missed target shows as "NOT met"."""
+    from .peers import NAMES
+
+    servers = [s for s in NAMES if any(r["server"] == s for r in rows)]
+    lines: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in rows:
+        cell = format_value(r["value"]) + ("" if r["met"] else " NOT met")
+        lines.setdefault((r["scenario"], r["measure"], r["unit"]), {})[r["server"]] = cell
+    headers = ["scenario", "measure", "unit", *(NAMES[s] for s in servers)]
+    cells = [[*key, *(by.get(s, "") for s in servers)] for key, by in lines.items()]
+    if markdown:
+        out = ["| " + " | ".join(headers) + " |", "|---|---|---|" + "--:|" * len(servers)]
+        out += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    out.append("-+-".join("-" * w for w in widths))
+    for c in cells:
+        out.append(
+            " | ".join(
+                v.rjust(w) if i >= 3 else v.ljust(w)
+                for i, (v, w) in enumerate(zip(c, widths, strict=True))
+            ).rstrip()
+        )
+    notes = [r for r in rows if r.get("note")]
+    if notes:
+        out += ["", "Notes:"]
+        out += [f"- {r['scenario']} / {r['metric']}: {r['note']}" for r in notes]
+    return "\n".join(out)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The same rows as a Markdown table (for docs/performance.md)."""
     out = ["| scenario | metric | value | unit | target | met |", "|---|---|--:|---|---|---|"]
@@ -91,11 +129,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def run_scenario(name: str, quick: bool) -> tuple[list[dict[str, Any]], float, str | None]:
+def run_scenario(
+    name: str, quick: bool, with_peers: bool = False
+) -> tuple[list[dict[str, Any]], float, str | None]:
     started = time.monotonic()
     try:
         module = importlib.import_module(f"bench.{name}")
-        rows: list[dict[str, Any]] = module.run(quick)
+        if with_peers and name in PEER_SCENARIOS:
+            rows: list[dict[str, Any]] = module.run(quick, with_peers=True)
+        else:
+            rows = module.run(quick)
         error = None
     except Exception as exc:
         traceback.print_exc()
@@ -120,10 +163,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run nginx + nchan and better-sse (installed by bench/peers/install)",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument("--results", default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args(argv)
     names = [n for n in SCENARIOS if not args.only or n in args.only]
+    if args.peers:
+        from .peers import missing
+
+        gaps = missing()
+        if gaps:
+            parser.error(f"--peers: not installed (run bench/peers/install): {', '.join(gaps)}")
     machine = machine_info()
     machine["load_average_start"] = list(os.getloadavg())
     started = time.monotonic()
@@ -131,13 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, Any] = {}
     for name in names:
         print(f"running {name}{' (quick)' if args.quick else ''} ...", file=sys.stderr, flush=True)
-        scenario_rows, seconds, error = run_scenario(name, args.quick)
+        scenario_rows, seconds, error = run_scenario(name, args.quick, args.peers)
         rows.extend(scenario_rows)
         timings[name] = {"seconds": round(seconds, 1), "error": error}
         print(f"  {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     machine["load_average_end"] = list(os.getloadavg())
     total = time.monotonic() - started
-    print(table(rows))
+    plain = [r for r in rows if "server" not in r]
+    peer_rows = [r for r in rows if "server" in r]
+    print(table(plain))
+    if peer_rows:
+        print("\nPeers, side by side (same load generator, same run):\n")
+        print(side_by_side(peer_rows))
     missed = [r for r in rows if not r["met"]]
     print(
         f"\n{len(rows)} rows, {sum(1 for r in rows if r['target'] != '-')} with targets, "
@@ -146,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.markdown:
         print()
-        print(markdown(rows))
+        print(markdown(plain))
+        if peer_rows:
+            print()
+            print(side_by_side(peer_rows, markdown=True))
     with open(args.results, "w") as out:
         json.dump(
             {

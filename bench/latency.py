@@ -13,6 +13,13 @@ Linux, so times compare across processes.
 
 Reported: flush → receipt p50/p99 over every (subscriber, message) pair, and
 emit → receipt (which includes the batching window, by design).
+
+With ``--peers`` (``make bench PEERS=1``) the same 1,000 subscribers and 5
+events/s run against ``sse-batcher serve`` (default window and ``--window-ms
+10``), nginx + nchan and better-sse, with the client process publishing: one
+``POST /events`` per event, its send time (``mono``) in the data, so publish →
+receipt is measured the same way for every server. Server CPU per delivered
+message counts from the moment every stream is open.
 """
 
 from __future__ import annotations
@@ -25,7 +32,17 @@ import sys
 import time
 from typing import Any
 
-from . import ROOT, free_port, percentile, raise_nofile, row, tmpdir
+from . import (
+    ROOT,
+    Server,
+    free_port,
+    peers,
+    percentile,
+    raise_nofile,
+    row,
+    tmpdir,
+    tree_cpu_seconds,
+)
 
 __all__ = ["measure", "run", "serve"]
 
@@ -262,13 +279,83 @@ async def wake_cost(directory: str, subscribers: int = 1000, rounds: int = 15) -
     return {"hub": percentile(hub_us, 0.5), "queue": percentile(queue_us, 0.5)}
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def _peer_server(kind: str, directory: str) -> Any:
+    if kind in peers.KINDS:
+        return peers.server(kind, directory)
+    argv = ["-m", "sse_batcher", "serve", "--port", "{port}", "--log-level", "warning"]
+    argv += ["--db", os.path.join(directory, f"{kind}.db"), "--max-subscribers", "20000"]
+    if kind == "sse_batcher_10ms":
+        argv += ["--window-ms", "10"]
+    return Server(argv)
+
+
+def measure_published(
+    kind: str, subscribers: int, seconds: float, directory: str
+) -> dict[str, Any]:
+    """``kind`` (a key of ``peers.NAMES`` but ``naive``) with the client publishing at
+    RATE over HTTP: publish → receipt of every (subscriber, event) pair, server CPU."""
+    path, key = peers.count_endpoint(kind)
+    argv = [sys.executable, "-m", "bench.sse_client", "latency", "--subscribers", str(subscribers)]
+    argv += ["--number", "job_id", "--publish-rate", str(RATE), "--duration", str(seconds)]
+    argv += ["--count-path", path, "--count-key", key, "--timeout", str(seconds + 60)]
+    with _peer_server(kind, directory) as server:
+        client = subprocess.Popen(
+            [*argv, "--port", str(server.port)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            ready = client.stdout.readline()  # type: ignore[union-attr]
+            cpu_before = tree_cpu_seconds(server.pid)
+            out, err = client.communicate(timeout=seconds + 120)
+            cpu = tree_cpu_seconds(server.pid) - cpu_before
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        if ready.strip() != "ready" or client.returncode != 0:
+            raise RuntimeError(f"latency client ({kind}) failed:\n{err[-3000:]}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    delays = [x * 1000 for x in result["emit_delays"]]
+    return {
+        "ms": delays,
+        "received": len(delays),
+        "expected": result["published"] * subscribers,
+        "finished": result["finished"],
+        "subscribers": result["subscribers"],
+        "server_cpu_s": cpu,
+    }
+
+
+def peer_rows(label: str, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for kind, r in results.items():
+        whole = r["received"] == r["expected"] > 0 and r["finished"] == r["subscribers"]
+        note = (
+            f"{r['received']:,} of {r['expected']:,} (subscriber, event) receipts; "
+            f"server CPU {r['server_cpu_s']:.1f} s"
+        )
+        per = r["server_cpu_s"] / max(1, r["received"]) * 1e6
+        rows += [
+            peers.row(label, kind, "publish->receipt p50", percentile(r["ms"], 0.5), "ms"),
+            peers.row(label, kind, "publish->receipt p99", percentile(r["ms"], 0.99), "ms",
+                      "all delivered", whole, note),
+            peers.row(label, kind, "server CPU per delivery", per, "µs"),
+        ]  # fmt: skip
+    return rows
+
+
+def run(quick: bool, with_peers: bool = False) -> list[dict[str, Any]]:
     subscribers = 1000
     seconds = 3.0 if quick else 8.0
     raise_nofile(4 * subscribers + 1000)
+    kinds = ("sse_batcher", "sse_batcher_10ms", *peers.KINDS) if with_peers else ()
     with tmpdir("latency") as directory:
         naive = measure("naive", subscribers, seconds, directory)
         ours = measure("ours", subscribers, seconds, directory)
+        published = {k: measure_published(k, subscribers, seconds, directory) for k in kinds}
         import anyio
 
         wake = anyio.run(wake_cost, directory)
@@ -305,6 +392,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rows.append(
         row(label, "sse_batcher emit->receipt p99", percentile(emit_ms, 0.99), "ms", note=note)
     )
+    if published:
+        rows.extend(peer_rows(label + ", published over HTTP", published))
     return rows
 
 

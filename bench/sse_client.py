@@ -1,13 +1,13 @@
-"""Client side of the benchmarks: raw-socket SSE subscribers and HTTP posters.
+"""Client side of the benchmarks: the load generator's modes.
 
-Runs in its own process so the server's CPU is measured apart from the client's.
-Plain asyncio protocols on uvloop rather than httpx-sse: a subscriber decodes
-the chunked body and counts ``id:`` lines with ``bytes.count`` (a few µs per
-received chunk), which keeps the client far from being the bottleneck.
+Runs in its own process so the server's CPU is measured apart from the client's;
+the subscribers and the HTTP connection are ``bench.raw_client``'s.
 
 Modes (``python -m bench.sse_client MODE …``, last stdout line is JSON):
-    fanout   N subscribers + a flow-controlled producer (POST /events arrays)
-    latency  N subscribers; every message's receipt time (monotonic, system-wide)
+    fanout   N subscribers + a flow-controlled producer (POST /events arrays, or
+             with ``--publish single`` one event per request, pipelined: nchan)
+    latency  N subscribers; every message's receipt time (monotonic, system-wide);
+             with ``--publish-rate`` this process also POSTs the events (the peers)
     hold     N idle subscribers; prints "ready", holds until stdin closes
     post     C keep-alive connections POSTing one event per request
 """
@@ -26,224 +26,52 @@ from typing import Any
 
 import orjson
 
-__all__ = ["HttpConnection", "Subscriber", "main"]
-
-ID_MARK = b"\nid: "
-REQUEST = (
-    b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-    b"Cache-Control: no-cache\r\n\r\n"
+from .raw_client import (
+    HttpConnection,
+    Subscriber,
+    connect,
+    connect_many,
+    event_number,
+    is_end,
+    message_fields,
+    request_bytes,
+    wait_started,
 )
 
-
-def _event_number(raw: bytes) -> int:
-    """``abcd1234.42`` (sse_batcher) or ``42`` (naive server) -> 42."""
-    return int(raw.rsplit(b".", 1)[-1])
+__all__ = ["HttpConnection", "Subscriber", "main"]
 
 
-class Subscriber(asyncio.Protocol):
-    """One SSE stream over a raw socket: decodes chunked transfer, counts messages.
-
-    Args:
-        keep_messages: also split the stream into messages and record
-            ``(receipt monotonic time, message bytes)`` (low-rate scenarios only).
-    """
-
-    def __init__(self, *, keep_messages: bool = False) -> None:
-        self.keep_messages = keep_messages
-        self.connected = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-        self.head = b""
-        self.status = 0
-        self.in_body = False
-        self.raw = bytearray()  # undecoded chunked bytes
-        self.need = -1  # bytes left in the current chunk (+2 for its CRLF); -1: size line
-        self.carry = b""  # tail of the decoded stream (an id line split across reads)
-        self.pending = b""  # decoded bytes not yet split into messages (keep_messages)
-        self.count = 0  # "id:" lines seen
-        self.first_id: int | None = None
-        self.last_id: int | None = None
-        self.heartbeats = 0
-        self.bytes = 0
-        self.messages: list[tuple[float, bytes]] = []
-        self.on_data: asyncio.Event | None = None
-
-    # -- protocol ---------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.write(REQUEST)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.connected.done():
-            self.connected.set_exception(ConnectionError(f"closed before the head: {exc}"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes += len(data)
-        if not self.in_body:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head, data = self.head[:end], self.head[end + 4 :]
-            self.status = int(head.split(b" ", 2)[1])
-            if b"chunked" not in head.lower():
-                self.connected.set_exception(ConnectionError(f"not a chunked stream: {head!r}"))
-                return
-            self.in_body = True
-            self.connected.set_result(None)
-        self.raw += data
-        decoded = self._dechunk()
-        if decoded:
-            self._consume(decoded, time.monotonic())
-            if self.on_data is not None:
-                self.on_data.set()
-
-    # -- decoding ---------------------------------------------------------------------
-
-    def _dechunk(self) -> bytes:
-        out: list[bytes] = []
-        raw = self.raw
-        pos = 0
-        while True:
-            if self.need < 0:
-                eol = raw.find(b"\r\n", pos)
-                if eol < 0:
-                    break
-                size = int(bytes(raw[pos:eol]).split(b";")[0], 16)
-                pos = eol + 2
-                if size == 0:
-                    self.need = -2  # end of body
-                    break
-                self.need = size + 2
-            if self.need == -2:
-                break
-            take = min(self.need, len(raw) - pos)
-            if take <= 0:
-                break
-            out.append(bytes(raw[pos : pos + take]))
-            pos += take
-            self.need -= take
-            if self.need == 0:
-                self.need = -1
-        del raw[:pos]
-        if not out:
-            return b""
-        # Each chunk ends with CRLF; the trailing CRLF bytes are cut below.
-        body = b"".join(out)
-        return body.replace(b"\r\n", b"\n") if b"\r" in body else body
-
-    def _consume(self, decoded: bytes, now: float) -> None:
-        # HTTP chunk trailers (\r\n) became a lone "\n" after the message's "\n\n":
-        # harmless for counting and splitting (blank lines between messages).
-        data = self.carry + decoded
-        self.count += data.count(ID_MARK) - self.carry.count(ID_MARK)
-        if self.first_id is None:
-            start = data.find(ID_MARK)
-            if start >= 0:
-                end = data.find(b"\n", start + 5)
-                if end > 0:
-                    self.first_id = _event_number(data[start + 5 : end])
-        last = data.rfind(ID_MARK)
-        if last >= 0:
-            end = data.find(b"\n", last + 5)
-            if end > 0:
-                self.last_id = _event_number(data[last + 5 : end])
-        self.heartbeats += decoded.count(b"\n:\n") + decoded.startswith(b":\n")
-        self.carry = data[-128:]
-        if self.keep_messages:
-            buffer = self.pending + decoded
-            parts = buffer.split(b"\n\n")
-            self.pending = parts.pop()
-            self.messages.extend((now, part) for part in parts if b"id: " in part)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def connect(
-    host: str, port: int, *, keep_messages: bool = False, limit: float = 30.0
-) -> Subscriber:
-    """Open one stream; return once the response head arrived (status checked)."""
-    loop = asyncio.get_running_loop()
-    _, sub = await loop.create_connection(
-        lambda: Subscriber(keep_messages=keep_messages), host, port
-    )
-    await asyncio.wait_for(sub.connected, limit)
-    if sub.status != 200:
-        raise ConnectionError(f"GET /events answered {sub.status}")
-    return sub
-
-
-async def connect_many(
-    host: str, port: int, n: int, *, keep_messages: bool = False, parallel: int = 100
-) -> list[Subscriber]:
-    """Open ``n`` streams, at most ``parallel`` handshakes at once (listen backlog)."""
-    gate = asyncio.Semaphore(parallel)
-
-    async def one() -> Subscriber:
-        async with gate:
-            return await connect(host, port, keep_messages=keep_messages)
-
-    return list(await asyncio.gather(*(one() for _ in range(n))))
-
-
-async def wait_started(subs: list[Subscriber], marker: int, limit: float = 30.0) -> None:
-    """Wait until every stream has sent its first bytes (the server registered it)."""
-    deadline = time.monotonic() + limit
-    while any(s.bytes <= marker for s in subs):
-        if time.monotonic() > deadline:
-            raise TimeoutError("streams did not start")
-        await asyncio.sleep(0.01)
-
-
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection for POST requests (raw asyncio streams)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> HttpConnection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
-
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(raw.split(b" ", 2)[1])
-        length = 0
-        for line in raw.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        payload = await self.reader.readexactly(length) if length else b""
-        return status, payload
-
-    def close(self) -> None:
-        self.writer.close()
+def _event(i: int, source: str, event_type: str, now: float) -> dict[str, Any]:
+    return {
+        "type": event_type,
+        "source": source,
+        "ts": now,
+        "data": {"job_id": i, "progress": i % 100, "message": f"frame {i} rendered"},
+    }
 
 
 def _events_body(first: int, n: int, source: str, event_type: str) -> bytes:
     now = time.time()
-    return orjson.dumps(
-        [
-            {
-                "type": event_type,
-                "source": source,
-                "ts": now,
-                "data": {"job_id": i, "progress": i % 100, "message": f"frame {i} rendered"},
-            }
-            for i in range(first, first + n)
-        ]
-    )
+    return orjson.dumps([_event(i, source, event_type, now) for i in range(first, first + n)])
+
+
+async def _publish(
+    producer: HttpConnection, first: int, args: argparse.Namespace
+) -> dict[int, int]:
+    """Post ``args.batch`` events: one array, or (``--publish single``) one request each."""
+    if args.publish == "batch":
+        body = _events_body(first, args.batch, args.source, args.type)
+        status, _ = await producer.request("POST", "/events", body)
+        return {status: 1}
+    now = time.time()
+    bodies = [
+        orjson.dumps(_event(i, args.source, args.type, now))
+        for i in range(first, first + args.batch)
+    ]
+    statuses: dict[int, int] = {}
+    for status in await producer.pipeline("/events", bodies, args.type):
+        statuses[status] = statuses.get(status, 0) + 1
+    return statuses
 
 
 # -- modes ----------------------------------------------------------------------------
@@ -252,7 +80,7 @@ def _events_body(first: int, n: int, source: str, event_type: str) -> bytes:
 async def fanout(args: argparse.Namespace) -> dict[str, Any]:
     """Subscribers plus a producer that keeps at most ``window`` events undelivered."""
     host, port = args.host, args.port
-    subs = await connect_many(host, port, args.subscribers)
+    subs = await connect_many(host, port, args.subscribers, number=args.number)
     await wait_started(subs, 0)
     producer = await HttpConnection.open(host, port)
     posted = 0
@@ -268,12 +96,13 @@ async def fanout(args: argparse.Namespace) -> dict[str, Any]:
             if posted - min(received()) + args.batch > args.window:
                 await asyncio.sleep(0.0005)
                 continue
-            status, _ = await producer.request(
-                "POST", "/events", _events_body(posted, args.batch, args.source, args.type)
-            )
-            post_status[status] = post_status.get(status, 0) + 1
-            if status != 202:
+            statuses = await _publish(producer, posted, args)
+            for status, n in statuses.items():
+                post_status[status] = post_status.get(status, 0) + n
+            if any(status // 100 != 2 for status in statuses):
                 await asyncio.sleep(0.01)
+                if args.publish == "single":
+                    break  # some of the pipelined events were refused: order is lost
                 continue
             posted += args.batch
 
@@ -315,36 +144,81 @@ async def fanout(args: argparse.Namespace) -> dict[str, Any]:
 
 async def latency(args: argparse.Namespace) -> dict[str, Any]:
     """Subscribers recording every message's receipt time until the server says END."""
-    subs = await connect_many(args.host, args.port, args.subscribers, keep_messages=True)
+    subs = await connect_many(
+        args.host, args.port, args.subscribers, keep_messages=True, number=args.number
+    )
     await wait_started(subs, 0)
     print("ready", flush=True)
+    publisher = None
+    if args.publish_rate > 0:
+        publisher = asyncio.ensure_future(_publish_steadily(args))
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if all(any(b"event: END" in m for _, m in s.messages[-3:]) for s in subs):
+        if all(any(is_end(m) for _, m in s.messages[-3:]) for s in subs):
             break
         await asyncio.sleep(0.05)
     receipts: dict[str, list[float]] = {}
     emit_delays: list[float] = []
     for sub in subs:
         for at, message in sub.messages:
-            fields = dict(
-                line.split(": ", 1) for line in message.decode().split("\n") if ": " in line
-            )
+            fields = message_fields(message)
             if fields.get("event") == "END" or "id" not in fields:
                 continue
-            receipts.setdefault(str(_event_number(fields["id"].encode())), []).append(at)
+            if args.number == "id":
+                receipts.setdefault(str(event_number(fields["id"].encode())), []).append(at)
             payload = json.loads(fields["data"])
             data = payload.get("data", payload)
             items = data.get("items", [data])
             emit_delays.extend(at - item["mono"] for item in items if "mono" in item)
     for s in subs:
         s.close()
+    published = await publisher if publisher is not None else 0
     return {
         "subscribers": len(subs),
-        "finished": sum(1 for s in subs if any(b"event: END" in m for _, m in s.messages)),
+        "finished": sum(1 for s in subs if any(is_end(m) for _, m in s.messages)),
         "receipts": receipts,
         "emit_delays": emit_delays,
+        "published": published,
     }
+
+
+async def _subscribers_seen(conn: HttpConnection, args: argparse.Namespace) -> int:
+    """The server's own subscriber count (``--count-path``, dotted ``--count-key``)."""
+    conn.writer.write(request_bytes("GET", args.count_path, b"", "Accept: text/json\r\n"))
+    _, body = await conn.read_response()
+    value: Any = json.loads(body)
+    for key in args.count_key.split("."):
+        value = value[key]
+    return int(value)
+
+
+async def _publish_steadily(args: argparse.Namespace) -> int:
+    """POST one event per request at ``--publish-rate`` for ``--duration`` seconds once
+    the server counts every subscriber, then END; each event's data carries its send
+    time (``mono``). Returns the number of events published (END not counted)."""
+    conn = await HttpConnection.open(args.host, args.port)
+    try:
+        deadline = time.monotonic() + 60
+        while await _subscribers_seen(conn, args) < args.subscribers:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not count every subscriber")
+            await asyncio.sleep(0.01)  # polling the server's count, with a deadline
+        interval = 1.0 / args.publish_rate
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < args.duration:
+            await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
+            data = {"job_id": n, "progress": n % 100, "mono": time.monotonic()}
+            event = {"type": "JOB_PROGRESS", "source": args.source, "data": data}
+            statuses = await conn.pipeline("/events", [orjson.dumps(event)], "JOB_PROGRESS")
+            if statuses[0] // 100 != 2:
+                raise RuntimeError(f"POST /events answered {statuses[0]}")
+            n += 1
+        end = {"type": "END", "source": args.source, "data": {}}
+        await conn.pipeline("/events", [orjson.dumps(end)], "END")
+        return n
+    finally:
+        conn.close()
 
 
 async def hold(args: argparse.Namespace) -> dict[str, Any]:
@@ -357,7 +231,7 @@ async def hold(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal errors
         async with gate:
             try:
-                subs.append(await connect(args.host, args.port))
+                subs.append(await connect(args.host, args.port, number=args.number))
             except (OSError, TimeoutError):
                 errors += 1
 
@@ -441,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--parallel", type=int, default=100)
+    parser.add_argument("--number", choices=("id", "job_id"), default="id")
+    parser.add_argument("--publish", choices=("batch", "single"), default="batch")
+    parser.add_argument("--publish-rate", type=float, default=0.0)
+    parser.add_argument("--count-path", default="/stats")
+    parser.add_argument("--count-key", default="hub.subscribers")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

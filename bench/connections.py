@@ -164,9 +164,14 @@ def peer_rows(label: str, total: int, results: dict[str, dict[str, Any]]) -> lis
             whole = whole and r["subscribers_seen"] == r["with_heartbeat"] == total
         (rss0, pss0), (rss1, pss1) = r["tree_before_kb"], r["tree_peak_kb"]
         streams = max(1, r["connected"])
+        counted = (
+            "no subscriber count or heartbeats (sse-starlette pings every 15 s)"
+            if kind == "naive"
+            else f"{r['subscribers_seen']:,} counted by the server, {r['with_heartbeat']:,} got "
+            "heartbeats"
+        )
         note = (
-            f"{r['connected']:,} connected in {r['connect_s']:.1f} s, {r['subscribers_seen']:,} "
-            f"counted by the server, {r['with_heartbeat']:,} got heartbeats; RSS "
+            f"{r['connected']:,} connected in {r['connect_s']:.1f} s, {counted}; RSS "
             f"{rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB, PSS {pss0 / 1024:.0f} -> "
             f"{pss1 / 1024:.0f} MiB"
         )

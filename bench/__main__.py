@@ -33,6 +33,7 @@ SCENARIOS = (
     "latency",
     "connections",
     "archive",
+    "import_time",
 )
 PEER_SCENARIOS = ("fanout", "latency", "connections")
 HEADERS = ("bench", "scenario", "metric", "value", "unit", "target", "met")

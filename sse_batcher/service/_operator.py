@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -21,8 +21,10 @@ from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._journal import Journal
 from sse_batcher.service._auth import AuthGate
 from sse_batcher.service._hub import Hub
-from sse_batcher.service._metrics import CONTENT_TYPE, StatsRegistry
 from sse_batcher.service._responses import error, json_response
+
+if TYPE_CHECKING:
+    from sse_batcher.service._metrics import StatsRegistry
 
 __all__ = ["OperatorRoutes"]
 
@@ -50,7 +52,7 @@ class OperatorRoutes:
         self.hub = hub
         self.gate = gate
         self.stats_sections = sections
-        self.registry = StatsRegistry(sections)
+        self.registry: StatsRegistry | None = None  # made on the first scrape
 
     async def workers(self, request: Request) -> Response:
         grant = self.gate.require(request, "admin")
@@ -87,6 +89,14 @@ class OperatorRoutes:
         grant = self.gate.require(request, "admin")
         if isinstance(grant, Response):
             return grant
+        # prometheus-client is the [metrics] extra: imported on the first scrape, so an
+        # app without it loads nothing of it and still serves everything else.
+        try:
+            from sse_batcher.service._metrics import CONTENT_TYPE, StatsRegistry
+        except ModuleNotFoundError as exc:
+            return error(501, f"GET /metrics needs {exc.name}: pip install 'sse_batcher[metrics]'")
+        if self.registry is None:
+            self.registry = StatsRegistry(self.stats_sections)
         return Response(self.registry.render(), media_type=CONTENT_TYPE)
 
     async def health(self, request: Request) -> Response:

@@ -27,20 +27,6 @@ def member(
     return Member(type, source, data, 1000.0 + at, None, orjson.dumps(data), at, batching, seq)
 
 
-@pytest.mark.parametrize(
-    ("single", "batch"),
-    [
-        ("JOB_STARTED", "JOBS_BATCH_STARTED"),
-        ("THUMBNAIL_GENERATED", "THUMBNAILS_BATCH_GENERATED"),
-        ("PING", "PING_BATCH"),
-        ("STATUS_CHANGED", "STATUS_BATCH_CHANGED"),
-        ("JOB_PROGRESS_UPDATED", "JOBS_BATCH_PROGRESS_UPDATED"),
-    ],
-)
-def test_batch_type_naming(single: str, batch: str) -> None:
-    assert batch_type_for(single) == batch
-
-
 def test_three_starts_become_one_batch_with_collected_ids() -> None:
     agg = Aggregator(RuleSet(), window=0.5, max_batch=10)
     for i, job in enumerate((123, 124, 125)):

@@ -246,16 +246,27 @@ def test_throwing_handler_does_not_stop_the_others_and_close_stops() -> None:
 def test_batch_type_convention_matches_the_server() -> None:
     from sse_batcher import batch_type_for
 
-    names = ["JOB_STARTED", "THUMBNAIL_GENERATED", "PING", "STATUS_CHANGED", "X_", "_X", "A_B_C"]
+    names = [
+        *["JOB_STARTED", "THUMBNAIL_GENERATED", "PING", "STATUS_CHANGED", "X_", "_X", "A_B_C"],
+        *["BOX_MOVED", "ENTRY_ADDED", "CITY_RENAMED", "JOB_DONE", "JOBS_DONE", "CACHE_CLEARED"],
+        *["CLASS_ADDED", "KEY_ROTATED", "job_started", "entry_added", "Job_Started", "ping"],
+    ]
     with serve_in_thread(scripted_app([])) as base, open_harness(base) as page:
         js = page.evaluate(
             """async (names) => {
               const m = await import("/static/sse-batcher.js");
-              return names.map((n) => m.batchTypeFor(n));
+              return names.map((n) => {
+                const type = m.batchTypeFor(n);
+                // read backwards, as for a batch without member_type
+                const back = m.unpack({type, data: {items: [], batch_count: 2}}).memberType;
+                return [type, back];
+              });
             }""",
             names,
         )
-    assert js == [batch_type_for(n) for n in names]
+    assert [type for type, _ in js] == [batch_type_for(n) for n in names]
+    # the convention reads back to the member type wherever the name is not ambiguous
+    assert [back for _, back in js] == names
 
 
 # --------------------------------------------------------------------------- real server

@@ -62,17 +62,59 @@ _QUIET_TABLE_LIMIT = 65_536  # keys remembered for leading-edge quiet detection
 _Entity = tuple[str, Hashable]
 
 
-def batch_type_for(event_type: str) -> str:
-    """Default batch event name, the convention of the design notes.
+_VOWELS = frozenset("AEIOUaeiou")
 
-    ``JOB_STARTED`` → ``JOBS_BATCH_STARTED``, ``THUMBNAIL_GENERATED`` →
-    ``THUMBNAILS_BATCH_GENERATED``, a one-word type ``PING`` → ``PING_BATCH``.
+
+def batch_type_for(event_type: str) -> str:
+    """Default batch event name: the type's first word in the plural, then ``BATCH``.
+
+    ``JOB_STARTED`` → ``JOBS_BATCH_STARTED``, ``BOX_MOVED`` → ``BOXES_BATCH_MOVED``,
+    ``ENTRY_ADDED`` → ``ENTRIES_BATCH_ADDED``, ``job_started`` →
+    ``jobs_batch_started`` (a lower-case type keeps its case). Where the plural
+    could be read back two ways the name is the type plus ``_BATCH`` instead: a
+    one-word type (``PING`` → ``PING_BATCH``), a first word ending in one ``S``
+    (``JOBS_DONE`` → ``JOBS_DONE_BATCH``, so it never meets ``JOB_DONE``'s name;
+    ``STATUS_CHANGED`` → ``STATUS_CHANGED_BATCH``), and words whose plural reads
+    back as another word (``CACHE`` → ``CACHES`` reads back as ``CACH``).
+
+    So two types never share a batch name unless one of them has a ``BATCH`` word
+    of its own; a rule's ``batch_type`` names a batch explicitly.
     """
-    head, sep, tail = event_type.partition("_")
-    if not sep or not tail:
-        return f"{event_type}_BATCH"
-    plural = head if head.endswith("S") else f"{head}S"
-    return f"{plural}_BATCH_{tail}"
+    head, _, tail = event_type.partition("_")
+    batch = "batch" if event_type.islower() else "BATCH"
+    upper_head = head.upper()
+    if tail and head and (not upper_head.endswith("S") or upper_head.endswith("SS")):
+        plural = _plural(head)
+        if _singular(plural) == head:
+            return f"{plural}_{batch}_{tail}"
+    return f"{event_type}_{batch}"
+
+
+def _lower_case(word: str) -> bool:
+    """True when the word's last cased letter is lower case (``Job``, ``job``)."""
+    return next((c.islower() for c in reversed(word) if c.isupper() or c.islower()), False)
+
+
+def _plural(word: str) -> str:
+    """The English plural of one word, suffix in the word's case: BOX → BOXES,
+    ENTRY → ENTRIES, KEY → KEYS, JOB → JOBS."""
+    suffix = str.lower if _lower_case(word) else str.upper
+    if len(word) > 1 and word[-1] in "Yy" and word[-2] not in _VOWELS:
+        return word[:-1] + suffix("IES")
+    if word.upper().endswith(("X", "Z", "CH", "SH", "SS")):
+        return word + suffix("ES")
+    return word + suffix("S")
+
+
+def _singular(word: str) -> str:
+    """The one reading back of a plural (so distinct words keep distinct plurals):
+    ENTRIES → ENTRY, BOXES → BOX, CLASSES → CLASS, CASES → CASE, JOBS → JOB."""
+    upper = word.upper()
+    if upper.endswith("IES") and len(word) > 3 and word[-4] not in _VOWELS:
+        return word[:-3] + ("y" if _lower_case(word) else "Y")
+    if upper.endswith(("XES", "CHES", "SHES", "SSES", "ZZES")):
+        return word[:-2]
+    return word[:-1]
 
 
 def collected_name(id_field: str) -> str:

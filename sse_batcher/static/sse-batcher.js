@@ -74,18 +74,60 @@ const STABLE_AFTER_MS = 5000;
 const FATAL_STATUS = new Set([204, 400, 401, 403, 404, 405, 410, 422]);
 
 /**
- * The conventional batch type for a member type: `JOB_STARTED` ->
- * `JOBS_BATCH_STARTED`, `THUMBNAIL_GENERATED` -> `THUMBNAILS_BATCH_GENERATED`,
- * `PING` -> `PING_BATCH`. Mirrors the server's `batch_type_for` (a first word
- * already ending in S stays as it is: `STATUS_CHANGED` -> `STATUS_BATCH_CHANGED`).
+ * The conventional batch type for a member type, mirroring the server's
+ * `batch_type_for`: the first word in the plural, then `BATCH`: `JOB_STARTED` ->
+ * `JOBS_BATCH_STARTED`, `BOX_MOVED` -> `BOXES_BATCH_MOVED`, `ENTRY_ADDED` ->
+ * `ENTRIES_BATCH_ADDED`, `job_started` -> `jobs_batch_started`. Where a plural would
+ * read back two ways, the type plus `_BATCH`: `PING` -> `PING_BATCH`, `JOBS_DONE` ->
+ * `JOBS_DONE_BATCH`, `STATUS_CHANGED` -> `STATUS_CHANGED_BATCH`, `CACHE_CLEARED` ->
+ * `CACHE_CLEARED_BATCH`.
  * @param {string} type
  * @returns {string}
  */
 export function batchTypeFor(type) {
   const cut = type.indexOf("_");
-  if (cut < 0 || cut === type.length - 1) return `${type}_BATCH`;
-  const head = type.slice(0, cut);
-  return `${head.endsWith("S") ? head : `${head}S`}_BATCH${type.slice(cut)}`;
+  const batch = type !== type.toUpperCase() && type === type.toLowerCase() ? "batch" : "BATCH";
+  if (cut > 0 && cut < type.length - 1) {
+    const head = type.slice(0, cut);
+    const upper = head.toUpperCase();
+    if (!upper.endsWith("S") || upper.endsWith("SS")) {
+      const plural = pluralOf(head);
+      if (singularOf(plural) === head) return `${plural}_${batch}${type.slice(cut)}`;
+    }
+  }
+  return `${type}_${batch}`;
+}
+
+const VOWELS = "AEIOUaeiou";
+
+function lowerCase(word) {
+  for (let i = word.length - 1; i >= 0; i--) {
+    const c = word[i];
+    if (c !== c.toUpperCase()) return true;
+    if (c !== c.toLowerCase()) return false;
+  }
+  return false;
+}
+
+function pluralOf(word) {
+  const suffix = (s) => (lowerCase(word) ? s.toLowerCase() : s);
+  const upper = word.toUpperCase();
+  if (word.length > 1 && upper.endsWith("Y") && !VOWELS.includes(word[word.length - 2])) {
+    return word.slice(0, -1) + suffix("IES");
+  }
+  if (["X", "Z", "CH", "SH", "SS"].some((end) => upper.endsWith(end))) return word + suffix("ES");
+  return word + suffix("S");
+}
+
+function singularOf(word) {
+  const upper = word.toUpperCase();
+  if (upper.endsWith("IES") && word.length > 3 && !VOWELS.includes(word[word.length - 4])) {
+    return word.slice(0, -3) + (lowerCase(word) ? "y" : "Y");
+  }
+  if (["XES", "CHES", "SHES", "SSES", "ZZES"].some((end) => upper.endsWith(end))) {
+    return word.slice(0, -2);
+  }
+  return word.slice(0, -1);
 }
 
 /**
@@ -106,7 +148,7 @@ export function unpack(envelope, knownTypes = []) {
     typeof data === "object" &&
     Array.isArray(data.items) &&
     (typeof data.member_type === "string" ||
-      (typeof data.batch_count === "number" && /(^|_)BATCH(_|$)/.test(type)));
+      (typeof data.batch_count === "number" && /(^|_)BATCH(_|$)/i.test(type)));
   if (!isBatch) return { batched: false, memberType: type, items: [data] };
   if (typeof data.member_type === "string") {
     return { batched: true, memberType: data.member_type, items: data.items };
@@ -118,13 +160,15 @@ export function unpack(envelope, knownTypes = []) {
 }
 
 function memberTypeFromName(type) {
-  if (type.endsWith("_BATCH")) return type.slice(0, -"_BATCH".length);
-  const at = type.indexOf("_BATCH_");
-  if (at <= 0) return type;
-  // Ambiguous backwards (STATUS_X and STATU_X share STATUS_BATCH_X): the server's
-  // data.member_type, or a registered handler's type, is preferred above.
-  const head = type.slice(0, at);
-  return `${head.endsWith("S") ? head.slice(0, -1) : head}${type.slice(at + "_BATCH".length)}`;
+  // batchTypeFor read backwards: PLURALS_BATCH_REST -> SINGULAR_REST, TYPE_BATCH -> TYPE.
+  const words = type.split("_");
+  if (words.length >= 3 && words[1].toUpperCase() === "BATCH") {
+    return [singularOf(words[0]), ...words.slice(2)].join("_");
+  }
+  if (words.length >= 2 && words[words.length - 1].toUpperCase() === "BATCH") {
+    return words.slice(0, -1).join("_");
+  }
+  return type;
 }
 
 /**

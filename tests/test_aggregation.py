@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_batcher import AggregationRule, ConfigError, batch_type_for
+from sse_batcher import AggregationRule, ConfigError
 from sse_batcher.batching._aggregation import Aggregator, Flush, Flushed, Member, RuleSet
 
 

@@ -30,10 +30,14 @@ class JournalCounters:
 
 @dataclass(slots=True)
 class SQLiteCounters(JournalCounters):
-    """SQLite's own: group commit's widest transaction and the last append's time."""
+    """SQLite's own: group commit's widest transaction, the last append's time, and
+    the tail's reads of rows other processes committed."""
 
     max_appends_per_transaction: int = 0
     last_append_ms: float = 0.0
+    tail_reads: int = 0  # reads of rows other processes committed (serve --workers)
+    tail_rows_read: int = 0
+    tail_errors: int = 0
 
 
 @dataclass(slots=True)

@@ -34,12 +34,14 @@ from sse_batcher.journals.sqlite._retention import Retention
 from sse_batcher.journals.sqlite._schema import (
     BOUNDS,
     SELECT_AFTER,
+    SEQUENCE,
     close_quietly,
     connect,
     init_schema,
     preflight,
     stored_events,
 )
+from sse_batcher.journals.sqlite._tail import OrderedTail
 
 __all__ = ["SQLiteJournal"]
 
@@ -64,6 +66,9 @@ class SQLiteJournal(Resource):
         busy_timeout: seconds a write waits for another connection's lock before
             ``append`` raises ``JournalUnavailable``.
         clock: Unix time source for ``stored_at`` and retention (inject it in tests).
+        tail_poll_interval: seconds between checks for rows that other processes
+            sharing the file committed (``serve --workers``); None when this process
+            is the only writer. Either way listeners get every row once, in id order.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class SQLiteJournal(Resource):
         cleanup_interval: float = 3600.0,
         busy_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        tail_poll_interval: float | None = None,
     ) -> None:
         self._path = os.fspath(path)
         if not self._path or self._path == ":memory:" or self._path.startswith("file:"):
@@ -87,6 +93,10 @@ class SQLiteJournal(Resource):
         if not 0 <= busy_timeout <= 3600:
             raise ConfigError(f"busy_timeout must be 0..3600 seconds, not {busy_timeout!r}")
         self._busy_timeout = float(busy_timeout)
+        if tail_poll_interval is not None and not 0 < tail_poll_interval <= 60:
+            raise ConfigError(
+                f"tail_poll_interval must be 0..60 seconds or None, not {tail_poll_interval!r}"
+            )
         self._clock = clock
         self._shut = False  # set under the write lock at close: appends then fail cleanly
         self._epoch = ""
@@ -103,9 +113,16 @@ class SQLiteJournal(Resource):
             epoch=lambda: self._epoch,
             clock=clock,
             counters=self._counters,
-            on_commit=self._publish,
+            on_commit=self._committed,
         )
         self._listeners: list[tuple[object, TailListener]] = []
+        self._tail = OrderedTail(
+            path=self._path,
+            read_after=lambda after, limit: self.read_after(Position(after), limit),
+            deliver=self._publish,
+            poll_interval=tail_poll_interval,
+            counters=self._counters,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -136,6 +153,9 @@ class SQLiteJournal(Resource):
             self._epoch = await init_schema(self._writer)
             self._reader = await connect(self._path, self._busy_timeout)
             await self._reader.execute("PRAGMA query_only = 1")
+            # The tail hands on what is committed from now on (by any process).
+            newest = list(await self._reader.execute_fetchall(SEQUENCE))
+            self._tail.delivered = int(newest[0][0])
         except (sqlite3.Error, OSError) as exc:
             await self._close_connections()
             raise JournalUnavailable(f"cannot open {self._path!r}: {exc}") from exc
@@ -145,6 +165,7 @@ class SQLiteJournal(Resource):
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._retention.run, self.cleanup, self._path)
+                await tg.start(self._tail.run)
                 yield
                 self._closing.set()  # run_tail() callers return
                 tg.cancel_scope.cancel()
@@ -200,10 +221,12 @@ class SQLiteJournal(Resource):
             return []
         return await self._commits.append(events)
 
-    def _publish(self, results: list[list[StoredEvent]]) -> None:
+    def _committed(self, results: list[list[StoredEvent]]) -> None:
+        self._tail.committed(tuple(stored for result in results for stored in result))
+
+    def _publish(self, events: Sequence[StoredEvent]) -> None:
         if not self._listeners:
             return
-        events = tuple(stored for result in results for stored in result)
         for _token, deliver in tuple(self._listeners):
             try:
                 deliver(events)

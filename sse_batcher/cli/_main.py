@@ -19,6 +19,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -182,6 +183,14 @@ _OPTIONS = (
         "PATH",
     ),
     _Option("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+    _Option(
+        "--workers",
+        _int_in(1, 64),
+        1,
+        "processes serving one socket and one journal (SQLite file or Redis); "
+        "each runs the whole service",
+        "N",
+    ),
 )
 
 
@@ -231,6 +240,7 @@ class ServerSettings:
     durable_ingest: bool
     dead_letter: str | None
     log_level: str
+    workers: int
 
     @property
     def dead_letter_path(self) -> str:
@@ -278,12 +288,21 @@ def build_app(args: argparse.Namespace) -> Starlette:
     Raises:
         ConfigError: an option is invalid.
     """
+    return build_settings_app(server_settings(args))
+
+
+def build_settings_app(settings: ServerSettings, slot: int | None = None) -> Starlette:
+    """:func:`build_app` from checked settings; ``slot``: this ``--workers`` process's slot.
+
+    A worker's journal polls for the other workers' commits, and its dead-letter
+    file and archive tree are its own (see ``_workers.py``).
+    """
     from sse_batcher.batching._batcher import SSEEventBatcher
     from sse_batcher.batching._journal import Journal
     from sse_batcher.batching._sink import Sink
+    from sse_batcher.cli._workers import TAIL_POLL_INTERVAL, slot_path
     from sse_batcher.service._app import create_app
 
-    settings = server_settings(args)
     retention = settings.retention_days * 86400
     journal: Journal
     if settings.redis_url is not None:
@@ -295,17 +314,23 @@ def build_app(args: argparse.Namespace) -> Starlette:
     else:
         from sse_batcher.journals.sqlite._journal import SQLiteJournal
 
-        journal = SQLiteJournal(settings.db, retention_seconds=retention)
+        journal = SQLiteJournal(
+            settings.db,
+            retention_seconds=retention,
+            tail_poll_interval=None if slot is None else TAIL_POLL_INTERVAL,
+        )
     sinks: list[Sink] = []
     if settings.archive is not None:
         from sse_batcher.sinks._archive import ArchiveSink
 
-        sinks.append(ArchiveSink(settings.archive))
+        archive = settings.archive
+        sinks.append(ArchiveSink(archive if slot is None else os.path.join(archive, f"w{slot}")))
+    dead_letter = settings.dead_letter_path
     batcher = SSEEventBatcher(
         journal,
         window=settings.window_ms / 1000,
         max_batch=settings.max_batch,
-        dead_letter_path=settings.dead_letter_path,
+        dead_letter_path=dead_letter if slot is None else slot_path(dead_letter, slot),
         sinks=sinks,
     )
     return create_app(
@@ -403,6 +428,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.workers > 1:
+        return _serve_workers(settings)
     app = build_app(args)
     if not run_server(
         app,
@@ -423,6 +450,33 @@ def _serve(args: argparse.Namespace) -> int:
         f"{stats.dropped_total} dropped, {stats.dead_letter_pending} dead-lettered",
         flush=True,
     )
+    return 0
+
+
+def _serve_workers(settings: ServerSettings) -> int:
+    from sse_batcher.cli._workers import WorkerAppFactory, run_workers
+
+    factory = WorkerAppFactory(
+        partial(build_settings_app, settings), settings.dead_letter_path, settings.log_level
+    )
+    try:
+        sock = listening_socket(settings.host, settings.port, send_timeout=settings.send_timeout)
+    except OSError as exc:
+        print(f"sse-batcher serve: error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    if not run_workers(
+        factory,
+        sock,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        graceful_timeout=GRACEFUL_SHUTDOWN_TIMEOUT,
+    ):
+        print(
+            "sse-batcher serve: error: the workers did not start (see the log above)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"sse-batcher: stopped {settings.workers} workers", flush=True)
     return 0
 
 

@@ -34,6 +34,7 @@ SCENARIOS = (
     "connections",
     "archive",
     "import_time",
+    "workers",
 )
 PEER_SCENARIOS = ("fanout", "latency", "connections")
 HEADERS = ("bench", "scenario", "metric", "value", "unit", "target", "met")

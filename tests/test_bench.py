@@ -142,3 +142,13 @@ def test_hub_wake_cost_smallest(tmp_path: Path) -> None:
     result = anyio.run(latency.wake_cost, str(tmp_path), 10, 2)
     assert result["hub"] > 0
     assert result["queue"] > 0
+
+
+def test_workers_smallest() -> None:
+    from bench import workers
+
+    with workers.tmpdir("test") as directory:
+        result = workers.measure(2, directory, 0.5, rates=(200, 400), subscribers=6)
+    assert [s["complete"] for s in result["steps"]] == [6, 6]
+    assert set(result["stream_workers"]) <= {"0", "1"}
+    assert result["best"] is not None

@@ -22,6 +22,9 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from tests.servers import ServerProcess
+from tests.test_redis_journal import prefix
+
+__all__ = ["prefix"]  # a fixture, imported to be used here
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +57,7 @@ class Subscriber:
     """An EventSource-like client: reads /events, reconnects with its last id."""
 
     url: str
-    ids: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     workers: list[tuple[int, int]] = field(default_factory=list)  # one per connection
     last_id: str | None = None
@@ -79,7 +82,7 @@ class Subscriber:
                                 continue
                             assert sse.event != "reset", sse.data
                             envelope = orjson.loads(sse.data)
-                            self.ids.append(int(sse.id.split(".")[1]))
+                            self.ids.append(sse.id)
                             self.steps.extend(steps_of(envelope))
                             self.last_id = sse.id
                 except httpx.TransportError:
@@ -133,16 +136,15 @@ class Publisher:
                 await self.post(client, range(start, min(start + 3, steps.stop)))
 
 
-async def history_ids(url: str, after: int = 0) -> list[int]:
-    ids: list[int] = []
+async def history_ids(url: str, after: str | None = None) -> list[str]:
+    """Every stored id after ``after``, in journal order."""
+    ids: list[str] = []
     async with httpx.AsyncClient(timeout=10) as client:
         while True:
-            page = (
-                await client.get(
-                    f"{url}/events/history", params={"after": str(after), "limit": "1000"}
-                )
-            ).json()
-            ids.extend(int(event["id"].split(".")[1]) for event in page["events"])
+            params = {"limit": "1000"} if after is None else {"limit": "1000", "after": after}
+            page = (await client.get(f"{url}/events/history", params=params)).json()
+            assert page["reset"] is None
+            ids.extend(event["id"] for event in page["events"])
             if not page["more"]:
                 return ids
             after = ids[-1]
@@ -166,29 +168,44 @@ async def server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
         assert "Traceback" not in output, output
 
 
-def assert_complete(subscriber: Subscriber, journal: list[int]) -> None:
-    assert subscriber.ids == sorted(set(subscriber.ids)), "ids out of order or repeated"
-    assert subscriber.ids == journal
+def assert_complete(subscriber: Subscriber, journal: list[str]) -> None:
+    assert subscriber.ids == journal  # every stored event, once each, in journal order
     assert len(subscriber.steps) == len(set(subscriber.steps)), "a step delivered twice"
 
 
-async def test_every_subscriber_on_either_worker_gets_every_event_once_in_id_order(
-    server: ServerProcess,
-) -> None:
+async def every_subscriber_gets_every_event_once_in_order(url: str) -> None:
     async with anyio.create_task_group() as tg:
-        subscribers = await subscribers_on_both(tg, server.url)
-        publishers = [Publisher(server.url) for _ in range(3)]
+        subscribers = await subscribers_on_both(tg, url)
+        publishers = [Publisher(url) for _ in range(3)]
         async with anyio.create_task_group() as posting:
             for i, publisher in enumerate(publishers):
                 posting.start_soon(publisher.run, range(i * 300, (i + 1) * 300))
         assert set().union(*(p.slots for p in publishers)) == {0, 1}  # posts hit both
         for subscriber in subscribers:
             await wait_until(lambda s=subscriber: len(s.steps) >= 900)  # type: ignore[misc]
-        journal = await history_ids(server.url)
+        journal = await history_ids(url)
         tg.cancel_scope.cancel()
     for subscriber in subscribers:
         assert_complete(subscriber, journal)
         assert sorted(subscriber.steps) == list(range(900))
+
+
+async def test_every_subscriber_on_either_worker_gets_every_event_once_in_id_order(
+    server: ServerProcess,
+) -> None:
+    await every_subscriber_gets_every_event_once_in_order(server.url)
+
+
+@pytest.mark.redis
+async def test_with_redis_each_worker_is_a_node(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    args = ["--workers", "2", "--redis-url", redis_url, "--redis-prefix", prefix]
+    args += ["--dead-letter", str(tmp_path / "dead.jsonl"), "--window-ms", "20"]
+    async with ServerProcess([*args, "--durable-ingest"]) as server:
+        await every_subscriber_gets_every_event_once_in_order(server.url)
+        output = await anyio.to_thread.run_sync(server.stop)
+    assert server.returncode == 0 and "Traceback" not in output, output
 
 
 async def test_a_subscriber_resumes_on_the_other_worker(server: ServerProcess) -> None:
@@ -211,7 +228,7 @@ async def test_a_subscriber_resumes_on_the_other_worker(server: ServerProcess) -
         await Publisher(server.url).run(range(60, 75))  # and live after the replay
         await wait_until(lambda: len(again.steps) >= 45)
         assert cursor is not None
-        journal = await history_ids(server.url, int(cursor.split(".")[1]))
+        journal = await history_ids(server.url, cursor)
         tg.cancel_scope.cancel()
     assert sorted(first.steps + again.steps) == list(range(75))
     assert again.ids == journal
@@ -245,3 +262,33 @@ async def test_kill_9_of_one_worker_loses_nothing_acknowledged(server: ServerPro
         assert_complete(subscriber, journal)
     moved = next(s for s in subscribers if s.workers[0] == victim)
     assert len(moved.workers) >= 2  # it reconnected after the kill, and lost nothing
+
+
+def test_a_slot_is_held_until_its_process_lets_go(tmp_path: Path) -> None:
+    from sse_batcher.cli._workers import claim_slot, slot_path
+
+    dead_letter = str(tmp_path / "events.db.dead-letter.jsonl")
+    first, second = claim_slot(dead_letter), claim_slot(dead_letter)
+    assert (first.index, second.index) == (0, 1)  # flock: one holder per slot
+    os.close(first.lock_fd)  # what the kernel does when a worker dies
+    again = claim_slot(dead_letter)
+    assert again.index == 0
+    os.close(again.lock_fd)
+    os.close(second.lock_fd)
+    assert slot_path(dead_letter, 1) == str(tmp_path / "events.db.dead-letter.w1.jsonl")
+
+
+def test_workers_must_be_a_small_positive_number(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for bad in ("0", "65", "two"):
+        completed = subprocess.run(
+            [sys.executable, "-m", "sse_batcher", "serve", "--workers", bad],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
+        assert completed.returncode == 2
+        assert "--workers" in completed.stderr

@@ -160,6 +160,7 @@ step = st.tuples(
     st.one_of(st.none(), st.integers(min_value=0, max_value=4)),  # job_id
     st.sampled_from([False] * 9 + [True]),  # error level (rare: it seals everything)
     st.sampled_from([True] * 9 + [False]),  # batching on for this event's source
+    st.sampled_from(["default", "default", "user.1.jobs", "user.2.jobs"]),  # channel
 )
 
 
@@ -175,7 +176,7 @@ def property_cases(test: Callable[..., None]) -> Callable[..., None]:
 
 
 def _drive(
-    steps: list[tuple[float, str, str, int | None, bool, bool]],
+    steps: list[tuple[float, str, str, int | None, bool, bool, str]],
     window: float,
     max_batch: int,
     flush: Flush = "trailing",
@@ -190,16 +191,20 @@ def _drive(
             at = max(deadline, 0.0)
             delivered.extend((at, f) for f in agg.ready(at))
 
-    for n, (dt, type_, source, job, error, batching) in enumerate(steps):
+    for n, (dt, type_, source, job, error, batching, channel) in enumerate(steps):
         now += dt
         advance_to(now)
-        data: dict[str, Any] = {"n": n}
+        data: dict[str, Any] = {"n": n, "ch": channel}
         if job is not None:
             data["job_id"] = job
         if error:
             data["level"] = "error"
         raw.append({"type": type_, "source": source, **data})
-        agg.add(Member(type_, source, data, 1000 + now, None, orjson.dumps(data), now, batching, n))
+        agg.add(
+            Member(
+                type_, source, data, 1000 + now, None, orjson.dumps(data), now, batching, n, channel
+            )
+        )
         delivered.extend((now, f) for f in agg.ready(now))
     advance_to(math.inf)
     agg.seal_all()
@@ -280,3 +285,27 @@ def test_a_rule_can_choose_its_edge() -> None:
     assert [f.item.event.type for f in agg.ready(0.5)] == ["JOB_STARTED", "JOB_DONE"]
     with pytest.raises(ConfigError):
         AggregationRule(flush="middle")  # type: ignore[arg-type]
+
+
+@property_cases
+def test_a_batch_never_holds_two_channels(steps: list[Any], window: float, max_batch: int) -> None:
+    _, delivered, _ = _drive(steps, window, max_batch)
+    for _, flushed in delivered:
+        channel = flushed.item.event.channel
+        assert {m["ch"] for m in _members(flushed)} == {channel}
+
+
+def test_same_type_and_source_on_two_channels_make_two_batches() -> None:
+    agg = Aggregator(RuleSet(), window=0.5, max_batch=10)
+    for n, channel in enumerate(["user.1.jobs", "user.2.jobs"] * 3):
+        data = {"job_id": n}
+        agg.add(
+            Member(
+                "JOB_STARTED", "w", data, 1000.0, None, orjson.dumps(data), 0.0, True, n, channel
+            )
+        )
+    out = agg.ready(1.0)
+    assert [(f.item.event.channel, f.item.event.data["job_ids"]) for f in out] == [
+        ("user.1.jobs", [0, 2, 4]),
+        ("user.2.jobs", [1, 3, 5]),
+    ]

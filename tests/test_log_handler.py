@@ -12,7 +12,14 @@ from typing import Any
 import anyio
 import pytest
 
-from sse_batcher import BatchLogHandler, QueueFull, SQLiteJournal, SSEEventBatcher, StoredEvent
+from sse_batcher import (
+    BatchLogHandler,
+    InvalidEvent,
+    QueueFull,
+    SQLiteJournal,
+    SSEEventBatcher,
+    StoredEvent,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -334,3 +341,14 @@ async def test_ships_through_an_async_publisher(tmp_path: Path, log: logging.Log
         ("LOG_WARNING", "async-host", "disk at 91%")
     ]
     assert events[0].event.data["disk"] == "/data"
+
+
+async def test_channel_goes_with_every_record(
+    batcher: SSEEventBatcher, log: logging.Logger
+) -> None:
+    log.addHandler(BatchLogHandler(batcher, source="w", channel="ops.logs"))
+    log.info("one")
+    log.warning("two")
+    assert {e.event.channel for e in await stored(batcher)} == {"ops.logs"}
+    with pytest.raises(InvalidEvent):
+        BatchLogHandler(batcher, channel="ops..logs")

@@ -262,3 +262,23 @@ async def test_many_threads_emit_concurrently(batcher: SSEEventBatcher) -> None:
     assert sum(int(e.event.data.get("batch_count", 1)) for e in events) == 1000
     assert all(w.emit_stats().emitted == 250 for w in workers)
     assert batcher.stats().members_out == 1000
+
+
+class CameraWorker(SSEBroadcasterMixin):
+    pass
+
+
+async def test_a_worker_has_a_channel_and_an_event_may_choose_another(
+    batcher: SSEEventBatcher,
+) -> None:
+    worker = CameraWorker(batcher=batcher, channel="camera.7")
+    worker.emit("FRAME", {"n": 1})
+    worker.emit("FRAME", {"n": 2}, channel="camera.7.alerts")
+    await worker.aemit("FRAME", {"n": 3})
+    CameraWorker(batcher=batcher).emit("FRAME", {"n": 4})
+    rows = await stored(batcher)
+    channels = sorted((r.event.channel, r.event.data.get("n")) for r in rows)
+    # FRAME x2 on camera.7 within the window are batched together, never with the others
+    assert [c for c, _ in channels] == ["camera.7", "camera.7.alerts", "default"]
+    with pytest.raises(InvalidEvent):
+        CameraWorker(batcher=batcher, channel="camera.*")

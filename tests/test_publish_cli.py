@@ -204,3 +204,16 @@ def test_against_the_real_server(tmp_path: Path) -> None:
         for item in (event["data"]["items"] if "batch_count" in event["data"] else [event["data"]])
     ]
     assert numbers == list(range(31))
+
+
+def test_channel_option_and_per_line_channel() -> None:
+    recorder = Recorder()
+    assert call(recorder, "A", "--channel", "user.42") == 0
+    lines = '{"type": "B"}\n{"type": "C", "channel": "user.7.jobs"}\n'
+    assert call(recorder, "-", "--channel", "ops", stdin=lines) == 0
+    assert [(e["type"], e.get("channel")) for e in recorder.events] == [
+        ("A", "user.42"),
+        ("B", "ops"),
+        ("C", "user.7.jobs"),
+    ]
+    assert call(Recorder(), "A", "--channel", "user.*") == 2

@@ -334,6 +334,34 @@ async def test_stream_only_events_reach_every_node_and_are_not_kept(
             tg.cancel_scope.cancel()
 
 
+async def test_channels_survive_the_stream_the_tail_and_the_live_channel(
+    redis_url: str, prefix: str
+) -> None:
+    def on(channel: str, n: int, *, persist: bool = True) -> EncodedEvent:
+        payload = {"job_id": n}
+        event = Event("JOB_STARTED", "w", payload, ts=float(n), channel=channel)
+        return EncodedEvent(event, encode_data(payload), persist=persist)
+
+    batch = [on("user.1.jobs", 1), on("default", 2), on("user.2", 3, persist=False)]
+    async with (
+        RedisJournal(redis_url, prefix=prefix, block_ms=200) as a,
+        RedisJournal(redis_url, prefix=prefix, block_ms=200) as b,
+    ):
+        tail = Collector()
+        async with anyio.create_task_group() as tg:
+            await tg.start(b.run_tail, tail)
+            await a.append(batch)
+            await wait_until(lambda: len(tail.events) == 3)
+            assert sorted(e.event.channel for e in tail.events) == [
+                "default",
+                "user.1.jobs",
+                "user.2",
+            ]
+            tg.cancel_scope.cancel()
+        stored = await b.read_after(None, 10)
+    assert [e.event for e in stored] == [batch[0].event, batch[1].event]
+
+
 async def test_failing_listener_does_not_stop_the_tail(journal: RedisJournal) -> None:
     seen: list[StoredEvent] = []
 

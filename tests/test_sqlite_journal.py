@@ -448,3 +448,44 @@ def test_config_is_validated(tmp_path: Path, kwargs: dict[str, Any]) -> None:
 def test_memory_database_is_refused() -> None:
     with pytest.raises(ConfigError):
         SQLiteJournal(":memory:")
+
+
+async def test_channel_is_stored_and_read_back(tmp_path: Path) -> None:
+    payload = {"job_id": 1}
+    private = Event("JOB_STARTED", "w", payload, ts=1.0, channel="user.1.jobs")
+    async with SQLiteJournal(tmp_path / "j.db") as journal:
+        await journal.append([EncodedEvent(private, encode_data(payload)), enc(2)])
+    async with SQLiteJournal(tmp_path / "j.db") as journal:
+        rows = await journal.read_after(None, 10)
+    assert [row.event.channel for row in rows] == ["user.1.jobs", "default"]
+    assert b'"channel":"user.1.jobs"' in rows[0].envelope_json()
+
+
+async def test_a_journal_from_before_channels_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the version 1 schema, as released
+        conn.executescript(
+            """
+            CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,
+                type TEXT NOT NULL, source TEXT NOT NULL, data TEXT NOT NULL,
+                stored_at REAL NOT NULL);
+            CREATE TABLE uids (uid TEXT PRIMARY KEY, stored_at REAL NOT NULL) WITHOUT ROWID;
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1'), ('epoch', 'cafe0001');
+            INSERT INTO events (ts, type, source, data, stored_at)
+                VALUES (1.0, 'JOB_STARTED', 'old', '{"job_id": 1}', 1.0);
+            """
+        )
+    payload = {"job_id": 2}
+    new = Event("JOB_STARTED", "new", payload, ts=2.0, channel="user.2")
+    async with SQLiteJournal(path) as journal:
+        assert journal.epoch == "cafe0001"  # same journal: cursors stay valid
+        await journal.append([EncodedEvent(new, encode_data(payload))])
+        rows = await journal.read_after(None, 10)
+    assert [(r.id, r.event.channel) for r in rows] == [
+        ("cafe0001.1", "default"),
+        ("cafe0001.2", "user.2"),
+    ]
+    with sqlite3.connect(path) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == ("2",)

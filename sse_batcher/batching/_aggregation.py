@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from sse_batcher._exceptions import ConfigError, InvalidEvent
-from sse_batcher.batching._events import EncodedEvent, Event, check_name
+from sse_batcher.batching._events import DEFAULT_CHANNEL, EncodedEvent, Event, check_name
 
 __all__ = [
     "FLUSHES",
@@ -134,12 +134,12 @@ class AggregationRule:
     """Which events are similar and how members merge.
 
     The first rule whose ``types`` and ``sources`` match an event decides for it;
-    events no rule matches use the default rule (collect, key ``(source, type)``).
+    events no rule matches use the default rule (collect, key ``(source, type, channel)``).
 
     Args:
         types: event types the rule applies to, or ``"*"``.
         sources: sources the rule applies to, or ``"*"``.
-        key_fields: data fields added to the similarity key ``(source, type)``;
+        key_fields: data fields added to the similarity key ``(source, type, channel)``;
             events differing in them never share a group.
         mode: ``"collect"`` (N ≥ 2 members become one batch event), ``"latest"``
             (only the newest event per entity survives a window; the rest are
@@ -252,6 +252,7 @@ class Member(NamedTuple):
         emitted_at: monotonic time of the emit (windows are timed from it).
         batching: False when its source has batching switched off.
         seq: the batcher's emit sequence number (for durable-ingest waiters).
+        channel: the event's channel (part of every group key).
     """
 
     type: str
@@ -263,10 +264,11 @@ class Member(NamedTuple):
     emitted_at: float
     batching: bool = True
     seq: int = 0
+    channel: str = DEFAULT_CHANNEL
 
     def to_event(self) -> Event:
         """The member as an ``Event``."""
-        return Event(self.type, self.source, self.data, self.ts, self.uid)
+        return Event(self.type, self.source, self.data, self.ts, self.uid, self.channel)
 
 
 class Flushed(NamedTuple):
@@ -346,15 +348,18 @@ class Aggregator:
             self._deliver_alone(index, rule, member, entities, "immediate" if immediate else reason)
             return
 
+        # The channel is part of every key: a batch never mixes channels, so a
+        # subscriber allowed one channel never receives another's members.
         if rule.key_fields:
             key: tuple[Hashable, ...] = (
                 index,
                 member.source,
                 member.type,
+                member.channel,
                 *[_hashable(data.get(f)) for f in rule.key_fields],
             )
         else:
-            key = (index, member.source, member.type)
+            key = (index, member.source, member.type, member.channel)
         group_or_none = self._open.get(key)
         if group_or_none is not None and entities:
             serial = group_or_none.serial
@@ -592,6 +597,7 @@ def _batch_event(rule: AggregationRule, members: list[Member]) -> EncodedEvent:
         source=first.source,
         data=data,
         ts=first.ts,
+        channel=first.channel,
     )
     return EncodedEvent(
         event=event,

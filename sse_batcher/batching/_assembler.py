@@ -103,7 +103,7 @@ class Assembler:
         invalid = 0
         add = aggregator.add
         wall_offset = time.time() - time.monotonic()
-        for type_, source, data, given_ts, uid, emitted_at, seq in raws:
+        for type_, source, data, given_ts, uid, channel, emitted_at, seq in raws:
             ts = emitted_at + wall_offset if given_ts is None else given_ts
             worker = workers.get(source)
             if worker is None:
@@ -127,6 +127,7 @@ class Assembler:
                     emitted_at,
                     source not in unbatched,
                     seq,
+                    channel,
                 )
             )
         # Superseded (latest-mode) and invalid events leave the pipeline here.

@@ -36,7 +36,7 @@ from sse_batcher._exceptions import (
 from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._aggregation import AggregationRule, Aggregator, Flush, RuleSet
 from sse_batcher.batching._assembler import Assembler
-from sse_batcher.batching._events import Event, check_name
+from sse_batcher.batching._events import DEFAULT_CHANNEL, Event, check_channel, check_name
 from sse_batcher.batching._inbox import Inbox, Overflow
 from sse_batcher.batching._journal import Journal
 from sse_batcher.batching._sink import Sink
@@ -49,7 +49,7 @@ __all__ = ["Overflow", "SSEEventBatcher"]
 
 _OVERFLOWS = ("block", "reject", "drop_oldest")
 _NAME_CACHE_LIMIT = 4096
-_Fields = tuple[str, str, Mapping[str, Any], float | None, str | None]
+_Fields = tuple[str, str, Mapping[str, Any], float | None, str | None, str]
 
 
 def _copy_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -135,6 +135,7 @@ class SSEEventBatcher(Resource):
         self._drain_timeout = float(drain_timeout)
         # Names already validated (types and sources alike: the rules are the same).
         self._valid_names: set[str] = set()
+        self._valid_channels: set[str] = {DEFAULT_CHANNEL}
         self._closing = False
         # The data path, one way: inbox ──► assembler ──► writer; each part is given
         # the parts below it, never a method of this class.
@@ -220,22 +221,26 @@ class SSEEventBatcher(Resource):
         source: str,
         uid: str | None = None,
         ts: float | None = None,
+        channel: str = DEFAULT_CHANNEL,
     ) -> None:
         """Queue one event. Thread-safe; never blocks or does I/O.
 
-        Type and source are validated here (they would break SSE framing); data is
-        encoded later, off the caller's path, and an event whose data cannot be
-        encoded or exceeds 64 KiB is dropped there with reason ``invalid``.
+        Type, source and channel are validated here (they would break SSE framing);
+        data is encoded later, off the caller's path, and an event whose data cannot
+        be encoded or exceeds 64 KiB is dropped there with reason ``invalid``.
 
         Raises:
             QueueFull: the queue is at its bound and the policy is not drop_oldest.
             BatcherClosed: the batcher is not running.
-            InvalidEvent: the type or source is invalid, or data is not a mapping.
+            InvalidEvent: the type, source or channel is invalid, or data is not a
+                mapping.
         """
         # The hot path: every line here is paid per event (target: under 1 µs), so the
         # inbox's put is inlined here; a call costs ~100 ns.
         if type not in self._valid_names or source not in self._valid_names:
             self._check_names(type, source)
+        if channel not in self._valid_channels:
+            self._check_channel(channel)
         # A shallow copy (the caller may reuse its dict); inline for plain dicts.
         data = data.copy() if data.__class__ is dict else _copy_data(data)
         inbox = self._inbox
@@ -248,7 +253,7 @@ class SSEEventBatcher(Resource):
                 inbox.make_room(1, True)
             seq = inbox.next_seq
             inbox.next_seq = seq + 1
-            inbox.items.append((type, source, data, ts, uid, time.monotonic(), seq))
+            inbox.items.append((type, source, data, ts, uid, channel, time.monotonic(), seq))
             inbox.pending += 1
             if inbox.wake_scheduled:
                 return
@@ -263,6 +268,7 @@ class SSEEventBatcher(Resource):
         source: str,
         uid: str | None = None,
         ts: float | None = None,
+        channel: str = DEFAULT_CHANNEL,
     ) -> None:
         """Queue one event; under the ``"block"`` policy wait for room (backpressure).
 
@@ -270,7 +276,9 @@ class SSEEventBatcher(Resource):
         """
         if type not in self._valid_names or source not in self._valid_names:
             self._check_names(type, source)
-        fields = (type, source, _copy_data(data), time.time() if ts is None else ts, uid)
+        if channel not in self._valid_channels:
+            self._check_channel(channel)
+        fields = (type, source, _copy_data(data), time.time() if ts is None else ts, uid, channel)
         await self._put([fields], block=self._inbox.may_block())
 
     def offer(self, events: Sequence[Event]) -> None:
@@ -376,11 +384,20 @@ class SSEEventBatcher(Resource):
         self._valid_names.add(type)
         self._valid_names.add(source)
 
+    def _check_channel(self, channel: str) -> None:
+        check_channel(channel)
+        if len(self._valid_channels) >= _NAME_CACHE_LIMIT:
+            self._valid_channels.clear()
+            self._valid_channels.add(DEFAULT_CHANNEL)
+        self._valid_channels.add(channel)
+
     def _fields_of(self, events: Sequence[Event]) -> list[_Fields]:
         for event in events:
             if event.type not in self._valid_names or event.source not in self._valid_names:
                 self._check_names(event.type, event.source)
-        return [(e.type, e.source, e.data, e.ts, e.uid) for e in events]
+            if event.channel not in self._valid_channels:
+                self._check_channel(event.channel)
+        return [(e.type, e.source, e.data, e.ts, e.uid, e.channel) for e in events]
 
     def _refuse(self) -> None:
         """The one error for events offered while not running."""

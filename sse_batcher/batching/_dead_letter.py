@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import orjson
 
-from sse_batcher.batching._events import EncodedEvent, Event
+from sse_batcher.batching._events import DEFAULT_CHANNEL, EncodedEvent, Event
 
 __all__ = ["DeadLetterStore"]
 
@@ -31,6 +31,7 @@ def _encode(item: EncodedEvent) -> bytes:
             "source": event.source,
             "ts": event.ts,
             "uid": event.uid,
+            "channel": event.channel,
             "uids": list(item.uids),
             "persist": item.persist,
             "members": item.members,
@@ -44,7 +45,12 @@ def _decode(line: bytes) -> EncodedEvent:
     raw = orjson.loads(line)
     data = raw["data"]
     event = Event(
-        type=raw["type"], source=raw["source"], data=data, ts=raw["ts"], uid=raw.get("uid")
+        type=raw["type"],
+        source=raw["source"],
+        data=data,
+        ts=raw["ts"],
+        uid=raw.get("uid"),
+        channel=raw.get("channel", DEFAULT_CHANNEL),  # files written before channels
     )
     return EncodedEvent(
         event=event,

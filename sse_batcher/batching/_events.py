@@ -20,18 +20,21 @@ import orjson
 from sse_batcher._exceptions import InvalidEvent
 
 __all__ = [
+    "DEFAULT_CHANNEL",
     "MAX_DATA_BYTES",
     "MAX_NAME_LENGTH",
     "EncodedEvent",
     "Event",
     "Position",
     "StoredEvent",
+    "check_channel",
     "check_name",
     "encode_data",
 ]
 
 MAX_NAME_LENGTH = 200
 MAX_DATA_BYTES = 64 * 1024
+DEFAULT_CHANNEL = "default"
 # CR, LF and NUL end or corrupt an SSE line; ':' starts a comment/field separator.
 # https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
 _FORBIDDEN_IN_NAMES = frozenset("\r\n\x00:")
@@ -54,6 +57,24 @@ def check_name(kind: str, value: object) -> str:
         )
     if not _FORBIDDEN_IN_NAMES.isdisjoint(value):
         raise InvalidEvent(f"{kind} {value[:40]!r} contains CR, LF, NUL or ':'")
+    return value
+
+
+def check_channel(value: object) -> str:
+    """Return ``value`` if it is a valid channel name, else raise ``InvalidEvent``.
+
+    A channel follows the rules of a type (1 to 200 characters, no CR, LF, NUL or
+    ':') and is made of dot-separated segments, none empty (``user.42.jobs``). ``*``
+    is reserved for subscription patterns (``user.42.*``, ``*``).
+    """
+    check_name("channel", value)
+    assert isinstance(value, str)
+    if "*" in value:
+        raise InvalidEvent(f"channel {value[:40]!r} contains '*' (only patterns may)")
+    if "" in value.split("."):
+        raise InvalidEvent(
+            f"channel {value[:40]!r} has an empty segment (leading, trailing or '..')"
+        )
     return value
 
 
@@ -83,6 +104,8 @@ class Event:
         data: a JSON object; the batcher takes ownership (do not mutate it after emit).
         ts: Unix time in seconds when it was emitted.
         uid: an optional client-chosen idempotency key (remote publishers set it).
+        channel: where it is delivered (``user.42.jobs``); subscribers ask for
+            channel patterns and a batch never holds two channels.
     """
 
     type: str
@@ -90,6 +113,7 @@ class Event:
     data: Mapping[str, Any]
     ts: float = field(default_factory=time.time)
     uid: str | None = None
+    channel: str = DEFAULT_CHANNEL
 
     @classmethod
     def create(
@@ -100,14 +124,16 @@ class Event:
         source: str,
         ts: float | None = None,
         uid: str | None = None,
+        channel: str = DEFAULT_CHANNEL,
     ) -> Event:
-        """Build a fully validated event (names, JSON object, 64 KiB limit)."""
+        """Build a fully validated event (names, channel, JSON object, 64 KiB limit)."""
         event = cls(
             type=check_name("type", type),
             source=check_name("source", source),
             data={} if data is None else data,
             ts=time.time() if ts is None else float(ts),
             uid=uid,
+            channel=check_channel(channel),
         )
         encode_data(event.data)
         return event
@@ -159,13 +185,15 @@ class StoredEvent:
     data_json: bytes
 
     def envelope_json(self) -> bytes:
-        """``{"id", "type", "source", "ts", "data"}`` as one line of JSON bytes."""
+        """``{"id", "type", "source", "channel", "ts", "data"}`` as one line of JSON bytes."""
+        event = self.event
         head = orjson.dumps(
             {
                 "id": self.id,
-                "type": self.event.type,
-                "source": self.event.source,
-                "ts": self.event.ts,
+                "type": event.type,
+                "source": event.source,
+                "channel": event.channel,
+                "ts": event.ts,
             }
         )
         return head[:-1] + b',"data":' + self.data_json + b"}"

@@ -31,10 +31,11 @@ __all__ = ["Inbox", "Overflow", "Raw"]
 
 Overflow = Literal["block", "reject", "drop_oldest"]
 
-# An emitted event waiting in the inbox: (type, source, data, ts, uid, emitted_at, seq).
+# An emitted event waiting in the inbox:
+# (type, source, data, ts, uid, channel, emitted_at, seq).
 # A plain tuple, because a NamedTuple or dataclass costs more to build than the
 # rest of emit() together.
-Raw = tuple[str, str, Mapping[str, Any], "float | None", "str | None", float, int]
+Raw = tuple[str, str, Mapping[str, Any], "float | None", "str | None", str, float, int]
 
 
 @dataclass(slots=True)
@@ -101,7 +102,7 @@ class Inbox:
     # -- the emitting side ---------------------------------------------------------
 
     def put_many(self, items: list[tuple[Any, ...]], *, count_rejects: bool) -> bool:
-        """Append ``(type, source, data, ts, uid)`` tuples all or nothing.
+        """Append ``(type, source, data, ts, uid, channel)`` tuples all or nothing.
 
         Returns False, appending nothing, when the inbox is not accepting (the caller
         raises its own error); raises QueueFull when full and the policy refuses.
@@ -214,7 +215,7 @@ class Inbox:
     def low_seq(self) -> int:
         """The oldest sequence number in the inbox, or the next one when it is empty."""
         with self.lock:
-            return self.items[0][6] if self.items else self.next_seq
+            return self.items[0][7] if self.items else self.next_seq
 
     def progressed(self) -> None:
         """The low-water mark may have moved: wake whoever waits in ``wait_progress``."""

@@ -43,9 +43,9 @@ def add_parser(subparsers: Any) -> None:
         "publish",
         help="send events to a server (one, or JSON lines from stdin)",
         description="Send one event, or with TYPE '-' JSON lines from stdin (batched), to "
-        "POST /events. Each stdin line is an object with type, and optionally source, data "
-        "and ts. Exit status: 0 all acknowledged, 1 something rejected or undelivered, "
-        "2 bad input, 75 undelivered events left in the --spool file.",
+        "POST /events. Each stdin line is an object with type, and optionally source, "
+        "channel, data and ts. Exit status: 0 all acknowledged, 1 something rejected or "
+        "undelivered, 2 bad input, 75 undelivered events left in the --spool file.",
     )
     parser.add_argument("type", metavar="TYPE", help="the event type, or - to read JSON lines")
     parser.add_argument(
@@ -55,6 +55,9 @@ def add_parser(subparsers: Any) -> None:
         "--token", help="bearer token (default: env SSE_BATCHER_TOKEN)", metavar="TOKEN"
     )
     parser.add_argument("--source", help="event source (default: <hostname>-<pid>)")
+    parser.add_argument(
+        "--channel", help="the events' channel, e.g. user.42.jobs (default: default)"
+    )
     parser.add_argument("--data", help="the event's data, a JSON object", metavar="JSON")
     parser.add_argument(
         "--spool",
@@ -90,7 +93,7 @@ def _error(message: str) -> None:
 
 
 def _lines(
-    stream: IO[str], source: str | None
+    stream: IO[str], source: str | None, channel: str | None
 ) -> Iterable[tuple[int, tuple[Event, str | None] | str]]:
     """(line number, (event, its source or None)) per non-blank line, or (number, error)."""
     for number, raw in enumerate(stream, 1):
@@ -106,20 +109,26 @@ def _lines(
             continue
         line_source = entry.get("source") or source
         try:
-            event = _event(entry.get("type"), entry.get("data"), line_source, entry.get("ts"))
+            event = _event(
+                entry.get("type"),
+                entry.get("data"),
+                line_source,
+                entry.get("ts"),
+                entry.get("channel") or channel,
+            )
         except InvalidEvent as exc:
             yield number, str(exc)
         else:
             yield number, (event, line_source)
 
 
-def _event(type: Any, data: Any, source: str | None, ts: Any) -> Event:
+def _event(type: Any, data: Any, source: str | None, ts: Any, channel: str | None = None) -> Event:
     if data is not None and not isinstance(data, dict):
         raise InvalidEvent("data must be a JSON object")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
         raise InvalidEvent("ts must be a number (Unix time in seconds)")
     # The source is checked here only when given; the publisher fills in its default.
-    return Event.create(type, data, source=source or "-", ts=ts)
+    return Event.create(type, data, source=source or "-", ts=ts, channel=channel or "default")
 
 
 def run(
@@ -144,7 +153,7 @@ def run(
     if args.type != "-":
         try:
             data = orjson.loads(args.data) if args.data is not None else None
-            single = _event(args.type, data, args.source, None)
+            single = _event(args.type, data, args.source, None, args.channel)
         except orjson.JSONDecodeError as exc:
             _error(f"error: --data is not JSON: {exc}")
             return 2
@@ -175,15 +184,17 @@ def run(
     bad_lines = 0
     with publisher:
         if single is not None:
-            publisher.publish(single.type, single.data, source=args.source)
+            publisher.publish(single.type, single.data, source=args.source, channel=single.channel)
         else:
-            for number, item in _lines(stdin or sys.stdin, args.source):
+            for number, item in _lines(stdin or sys.stdin, args.source, args.channel):
                 if isinstance(item, str):
                     bad_lines += 1
                     _error(f"line {number}: skipped: {item}")
                     continue
                 event, source = item
-                publisher.publish(event.type, event.data, source=source, ts=event.ts)
+                publisher.publish(
+                    event.type, event.data, source=source, ts=event.ts, channel=event.channel
+                )
                 if number % 1000 == 0 and publisher.stats().buffered > _BACKPRESSURE:
                     # A pipe can outrun the server: wait rather than overflow the buffer.
                     publisher.flush()

@@ -117,6 +117,7 @@ class AsyncRemotePublisher(
         *,
         source: str | None = None,
         ts: float | None = None,
+        channel: str | None = None,
     ) -> None:
         """Queue one event without waiting; never raises (see ``RemotePublisher.publish``).
 
@@ -125,8 +126,9 @@ class AsyncRemotePublisher(
             data: a JSON object.
             source: overrides the publisher's source for this event.
             ts: Unix time of the event; default now.
+            channel: overrides the publisher's channel for this event.
         """
-        verdict = self._offer(type, data, source, ts)
+        verdict = self._offer(type, data, source, ts, channel)
         try:
             if verdict == "spill_now" or (verdict == "spill" and self._tg is None):
                 # The background spill did not keep up (or there is none yet): keep
@@ -146,6 +148,7 @@ class AsyncRemotePublisher(
         *,
         source: str | None = None,
         ts: float | None = None,
+        channel: str | None = None,
     ) -> None:
         """Queue one event; when memory is full, wait while it moves to the spool.
 
@@ -154,19 +157,25 @@ class AsyncRemotePublisher(
             data: a JSON object.
             source: overrides the publisher's source for this event.
             ts: Unix time of the event; default now.
+            channel: overrides the publisher's channel for this event.
         """
-        verdict = self._offer(type, data, source, ts)
+        verdict = self._offer(type, data, source, ts, channel)
         if verdict in ("spill", "spill_now") and not self._spilling:
             self._spilling = True
             await self._spill()
 
     def _offer(
-        self, type: str, data: Mapping[str, Any] | None, source: str | None, ts: float | None
+        self,
+        type: str,
+        data: Mapping[str, Any] | None,
+        source: str | None,
+        ts: float | None,
+        channel: str | None,
     ) -> str:
         """Hand one event, with a fresh uid, to the core; never raises (publishing
         must not fail a worker): an error is logged and reads as accepted."""
         try:
-            return self._core.offer(type, data, source, ts, uuid.uuid4().hex)
+            return self._core.offer(type, data, source, ts, uuid.uuid4().hex, channel)
         except Exception:
             logger.debug("publish failed", exc_info=True)
             return "ok"

@@ -76,6 +76,7 @@ class PublisherCore(PublishQueue):
         self._clock = clock
         self._rng = rng
         self._source = config.default_source
+        self._channel = config.channel
         self._flush_target = 0
         self.closing = False
         self._down_since: float | None = None
@@ -91,6 +92,7 @@ class PublisherCore(PublishQueue):
         source: str | None,
         ts: float | None,
         uid: str,
+        channel: str | None = None,
     ) -> Literal["ok", "spill", "spill_now", "dropped"]:
         """Encode and buffer one event; never raises.
 
@@ -102,7 +104,12 @@ class PublisherCore(PublishQueue):
             return "dropped"  # the publisher's own logging: see in_publisher_context()
         try:
             line = encode_event(
-                type, data, source or self._source, time.time() if ts is None else float(ts), uid
+                type,
+                data,
+                source or self._source,
+                time.time() if ts is None else float(ts),
+                uid,
+                channel or self._channel,
             )
         except Exception as exc:  # anything a caller passes must not raise (logging handlers)
             with self.lock:

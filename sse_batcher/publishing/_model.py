@@ -17,7 +17,12 @@ from typing import Any
 import orjson
 
 from sse_batcher._exceptions import ConfigError
-from sse_batcher.batching._events import check_name, encode_data
+from sse_batcher.batching._events import (
+    DEFAULT_CHANNEL,
+    check_channel,
+    check_name,
+    encode_data,
+)
 from sse_batcher.publishing._spool import default_spool_path
 
 __all__ = [
@@ -67,6 +72,7 @@ class PublisherConfig:
     url: str
     token: str | None = None
     source: str | None = None
+    channel: str | None = None
     max_batch_size: int = 10
     flush_interval: float = 2.0
     spool_after: float | None = 30.0
@@ -81,6 +87,8 @@ class PublisherConfig:
             raise ConfigError(f"url must start with http:// or https://, not {self.url[:60]!r}")
         if self.source is not None:
             check_name("source", self.source)
+        if self.channel is not None:
+            check_channel(self.channel)
         if self.max_batch_size < 1:
             raise ConfigError("max_batch_size must be at least 1")
         if self.flush_interval <= 0 or self.timeout <= 0 or self.max_backoff <= 0:
@@ -239,16 +247,22 @@ def is_event_line(line: bytes) -> bool:
 
 
 def encode_event(
-    type: str, data: Mapping[str, Any] | None, source: str, ts: float, uid: str
+    type: str,
+    data: Mapping[str, Any] | None,
+    source: str,
+    ts: float,
+    uid: str,
+    channel: str | None = None,
 ) -> bytes:
     """One wire event as compact JSON: the body of a single POST and one spool line."""
     data_json = encode_data({} if data is None else data)
-    head = orjson.dumps(
-        {
-            "type": check_name("type", type),
-            "source": check_name("source", source),
-            "ts": ts,
-            "uid": uid,
-        }
-    )
+    fields: dict[str, Any] = {
+        "type": check_name("type", type),
+        "source": check_name("source", source),
+        "ts": ts,
+        "uid": uid,
+    }
+    if channel is not None and channel != DEFAULT_CHANNEL:  # the server's default
+        fields["channel"] = check_channel(channel)
+    head = orjson.dumps(fields)
     return head[:-1] + b',"data":' + data_json + b"}"

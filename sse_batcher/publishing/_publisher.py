@@ -94,6 +94,7 @@ class RemotePublisher(PublisherFrontEnd[httpx.BaseTransport]):
         url: the server's base url (``http://host:8000``).
         token: bearer token, when the server requires one.
         source: the default event source; default ``<hostname>-<pid>``.
+        channel: the default channel of its events; default the server's (``default``).
         max_batch_size: events per request.
         flush_interval: seconds an event may wait for a batch to fill.
         spool_after: seconds the server may stay unreachable before buffered events
@@ -150,6 +151,7 @@ class RemotePublisher(PublisherFrontEnd[httpx.BaseTransport]):
         *,
         source: str | None = None,
         ts: float | None = None,
+        channel: str | None = None,
     ) -> None:
         """Queue one event; returns at once and never raises.
 
@@ -161,9 +163,10 @@ class RemotePublisher(PublisherFrontEnd[httpx.BaseTransport]):
             data: a JSON object.
             source: overrides the publisher's source for this event.
             ts: Unix time of the event; default now.
+            channel: overrides the publisher's channel for this event.
         """
         try:
-            verdict = self._core.offer(type, data, source, ts, uuid.uuid4().hex)
+            verdict = self._core.offer(type, data, source, ts, uuid.uuid4().hex, channel)
             if verdict in ("spill", "spill_now"):
                 # Memory is at its bound: move it to the spool here, in the caller's
                 # thread (one fsync per max_buffer_events events), so memory stays bounded

@@ -26,7 +26,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
-import orjson
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -39,12 +38,19 @@ from starlette.staticfiles import StaticFiles
 from sse_batcher._exceptions import (
     BatcherClosed,
     ConfigError,
-    InvalidCursor,
+    InvalidEvent,
     QueueFull,
 )
 from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._journal import Journal
 from sse_batcher.service._auth import AuthGate, Capability, StaticTokens, Verifier
+from sse_batcher.service._channels import (
+    MAX_CHANNEL_PATTERNS,
+    ChannelFilter,
+    check_pattern,
+    normalize,
+)
+from sse_batcher.service._history import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, history_page
 from sse_batcher.service._hub import Hub, OnReset
 from sse_batcher.service._ingest import Ingest
 from sse_batcher.service._operator import STATIC_DIR, OperatorRoutes
@@ -54,8 +60,6 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger("sse_batcher.app")
 
-HISTORY_DEFAULT_LIMIT = 100
-HISTORY_MAX_LIMIT = 1000
 SHUTDOWN_GRACE_PERIOD = 2.0  # seconds a stream may take to end cleanly at shutdown
 
 
@@ -73,6 +77,19 @@ def _csv(value: str | None) -> list[str] | None:
         return None
     names = [part.strip() for part in value.split(",") if part.strip()]
     return names or None
+
+
+def _channel_patterns(request: Request) -> frozenset[str] | Response | None:
+    """The ``?channel=`` patterns (repeated), None when absent, or the 400 to send."""
+    given = request.query_params.getlist("channel")
+    if not given:
+        return None
+    if len(given) > MAX_CHANNEL_PATTERNS:
+        return error(400, f"at most {MAX_CHANNEL_PATTERNS} channel patterns per request")
+    try:
+        return normalize(check_pattern(pattern) for pattern in given)
+    except InvalidEvent as exc:
+        return error(400, f"invalid channel pattern: {exc}")
 
 
 class _Service:
@@ -139,11 +156,15 @@ class _Service:
         on_reset = params.get("on_reset", "live")
         if on_reset not in ("live", "oldest"):
             return error(400, "on_reset must be 'live' or 'oldest'")
+        channels = _channel_patterns(request)
+        if isinstance(channels, Response):
+            return channels
         cursor = request.headers.get("last-event-id") or params.get("last_event_id") or None
         chunks = self._chunks(
             cursor=cursor.strip() if cursor else None,
             types=_csv(params.get("types")),
             sources=_csv(params.get("sources")),
+            channels=channels,
             on_reset="oldest" if on_reset == "oldest" else "live",
         )
         # Heartbeats come from the hub (only when the stream is idle), so ping=0.
@@ -160,11 +181,16 @@ class _Service:
         cursor: str | None,
         types: Sequence[str] | None,
         sources: Sequence[str] | None,
+        channels: frozenset[str] | None,
         on_reset: OnReset,
     ) -> AsyncGenerator[bytes, None]:
         try:
             async with self.hub.subscribe(
-                after_cursor=cursor, types=types, sources=sources, on_reset=on_reset
+                after_cursor=cursor,
+                types=types,
+                sources=sources,
+                channels=channels,
+                on_reset=on_reset,
             ) as chunks:
                 yield b"retry: %d\n\n" % self.retry_ms
                 async for chunk in chunks:
@@ -182,43 +208,22 @@ class _Service:
         if isinstance(grant, Response):
             return grant
         params = request.query_params
-        after = params.get("after") or None
         try:
             limit = int(params.get("limit", HISTORY_DEFAULT_LIMIT))
         except ValueError:
             return error(400, "limit must be an integer")
         if limit < 1:
             return error(400, "limit must be at least 1")
-        limit = min(limit, HISTORY_MAX_LIMIT)
-        position = None
-        reset = None
-        try:
-            if after is not None:
-                resume = await self.journal.resume(after)
-                position = resume.after
-                if resume.reset is not None:
-                    reset = {"reason": resume.reset, "oldest_id": resume.oldest_id}
-            rows = await self.journal.read_after(position, limit)
-        except InvalidCursor as exc:
-            return error(400, str(exc))
-        except Exception as exc:
-            logger.warning("history read failed: %s", exc)
-            return error(503, f"journal unavailable: {exc}", **{"Retry-After": "1"})
-        next_id = rows[-1].id if rows else (after if reset is None else None)
-        body = b"".join(
-            (
-                b'{"events":[',
-                b",".join(row.envelope_json() for row in rows),
-                b'],"next":',
-                orjson.dumps(next_id),
-                b',"more":',
-                b"true" if len(rows) == limit else b"false",
-                b',"reset":',
-                orjson.dumps(reset),
-                b"}",
-            )
+        channels = _channel_patterns(request)
+        if isinstance(channels, Response):
+            return channels
+        accept = None if channels is None else ChannelFilter(channels)
+        return await history_page(
+            self.journal,
+            params.get("after") or None,
+            min(limit, HISTORY_MAX_LIMIT),
+            None if accept is None else (lambda event: accept(event.channel)),
         )
-        return Response(body, media_type="application/json")
 
     def stats_sections(self) -> dict[str, dict[str, Any]]:
         return {

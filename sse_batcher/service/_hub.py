@@ -41,6 +41,13 @@ from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._aggregation import batch_type_for
 from sse_batcher.batching._events import Event, Position, StoredEvent
 from sse_batcher.batching._journal import Journal, Resume
+from sse_batcher.service._channels import (
+    ALL_CHANNELS,
+    ChannelFilter,
+    ChannelIndex,
+    check_pattern,
+    normalize,
+)
 
 __all__ = ["Hub", "OnReset", "batch_types_for"]
 
@@ -50,7 +57,9 @@ OnReset = Literal["live", "oldest"]
 REPLAY_PAGE = 500
 HEARTBEAT_MESSAGE = b":\n\n"
 _Item = tuple[Position | None, bytes]
-_FilterKey = tuple[frozenset[str] | None, frozenset[str] | None]
+# (types, sources, channel patterns): subscribers with equal filters share one group,
+# and the channel index finds the groups an event's channel concerns.
+_FilterKey = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[str]]
 
 
 def batch_types_for(types: Iterable[str]) -> frozenset[str]:
@@ -63,6 +72,7 @@ class _Subscriber:
     """One open stream: its filter, bounded buffer and hand-off state."""
 
     __slots__ = (
+        "channels",
         "clears",
         "ended",
         "floor",
@@ -77,6 +87,7 @@ class _Subscriber:
 
     def __init__(self, key: _FilterKey, *, replaying: bool) -> None:
         self.key = key
+        self.channels = ChannelFilter(key[2])
         self.items: list[_Item] = []
         self.replaying = replaying  # overflow discards the buffer instead of disconnecting
         self.clears = 0  # buffer discards while replaying: the replay must read again
@@ -91,9 +102,11 @@ class _Subscriber:
         self.slow = False  # disconnected for overflowing its buffer
 
     def matches(self, event: Event) -> bool:
-        types, sources = self.key
-        return (types is None or event.type in types) and (
-            sources is None or event.source in sources
+        types, sources, _ = self.key
+        return (
+            (types is None or event.type in types)
+            and (sources is None or event.source in sources)
+            and self.channels(event.channel)
         )
 
     def wake(self) -> None:
@@ -142,8 +155,10 @@ class Hub(Resource):
         self._buffer_size = buffer_size
         self._heartbeat = heartbeat
         self._max_subscribers = max_subscribers
-        # Subscribers grouped by filter: each batch is filtered once per distinct filter.
+        # Subscribers grouped by filter: each event is filtered once per distinct filter,
+        # and only for the filters whose channel patterns match it (the index).
         self._groups: dict[_FilterKey, set[_Subscriber]] = {}
+        self._index: ChannelIndex[_FilterKey] = ChannelIndex()
         self._count = 0
         self._closing = False
         self._counters = dict.fromkeys(
@@ -219,28 +234,44 @@ class Hub(Resource):
     # -- fan-out --------------------------------------------------------------
 
     def _deliver(self, batch: Sequence[StoredEvent]) -> None:
-        """Queue one appended batch for every matching subscriber (sync, never blocks)."""
+        """Queue one appended batch for every matching subscriber (sync, never blocks).
+
+        Costs O(groups that match) per event, not O(subscribers): the channel index
+        yields only the groups whose patterns match the event's channel, and each
+        message is encoded once, and only when some subscriber takes it.
+        """
         if not batch:
             return
         self._counters["events_in"] += len(batch)
         if not self._count:
             return
-        events = [stored.event for stored in batch]
-        everything = [(stored.position, stored.sse_message()) for stored in batch]
-        for (types, sources), group in list(self._groups.items()):
-            if types is None and sources is None:
-                items = everything
-            else:
-                items = [
-                    item
-                    for item, event in zip(everything, events, strict=True)
-                    if (types is None or event.type in types)
-                    and (sources is None or event.source in sources)
-                ]
-                if not items:
+        match = self._index.match
+        pending: dict[_FilterKey, list[_Item]] = {}
+        for stored in batch:
+            event = stored.event
+            keys = match(event.channel)
+            if not keys:
+                continue
+            item: _Item | None = None
+            for key in keys:
+                types, sources, _ = key
+                if (types is not None and event.type not in types) or (
+                    sources is not None and event.source not in sources
+                ):
                     continue
-            for sub in tuple(group):
-                self._offer(sub, items)
+                if item is None:
+                    item = (stored.position, stored.sse_message())
+                items = pending.get(key)
+                if items is None:
+                    pending[key] = [item]
+                else:
+                    items.append(item)
+        groups = self._groups
+        for key, items in pending.items():
+            group = groups.get(key)
+            if group is not None:
+                for sub in tuple(group):
+                    self._offer(sub, items)
 
     def _offer(self, sub: _Subscriber, items: list[_Item]) -> None:
         # Slow means "still holding unsent messages when new ones would pass the
@@ -273,6 +304,7 @@ class Hub(Resource):
             self._count -= 1
             if not group:
                 del self._groups[sub.key]
+                self._index.remove(sub.key[2], sub.key)
 
     # -- subscribing ----------------------------------------------------------
 
@@ -288,6 +320,7 @@ class Hub(Resource):
         after_cursor: str | None = None,
         types: Iterable[str] | None = None,
         sources: Iterable[str] | None = None,
+        channels: Iterable[str] | None = None,
         on_reset: OnReset = "live",
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open a stream of SSE byte chunks; leaving the block unregisters it.
@@ -301,6 +334,9 @@ class Hub(Resource):
             after_cursor: the client's last event id (``Last-Event-ID``); None: live only.
             types: event types to deliver (their batch types match too); None: all.
             sources: sources to deliver; None: all.
+            channels: channel patterns to deliver (``user.42``, ``user.42.*``,
+                ``*``); None: every channel. The caller checks them against the
+                subscriber's permissions; the hub only matches.
             on_reset: where to continue when the cursor cannot be served: from the
                 oldest available event, or live.
 
@@ -316,12 +352,20 @@ class Hub(Resource):
         if self._count >= self._max_subscribers:
             self._counters["refused_total"] += 1
             raise QueueFull(f"{self._count} subscribers are connected; the limit is reached")
+        patterns = ALL_CHANNELS if channels is None else normalize(map(check_pattern, channels))
+        if not patterns:
+            raise ConfigError("channels must name at least one pattern (use '*' for every one)")
         key: _FilterKey = (
             None if types is None else batch_types_for(types),
             None if sources is None else frozenset(sources),
+            patterns,
         )
         sub = _Subscriber(key, replaying=after_cursor is not None)
-        self._groups.setdefault(key, set()).add(sub)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = set()
+            self._index.add(patterns, key)
+        group.add(sub)
         self._count += 1
         self._counters["subscribed_total"] += 1
         stream = self._stream(sub, after_cursor, on_reset)
@@ -429,6 +473,7 @@ class Hub(Resource):
         return {
             "subscribers": self._count,
             "max_subscribers": self._max_subscribers,
+            "subscriber_filters": len(self._groups),
             "buffered_messages": buffered,
             **self._counters,
         }

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sse_batcher._exceptions import BatcherClosed, InvalidEvent, JournalError, QueueFull
-from sse_batcher.batching._events import Event
+from sse_batcher.batching._events import DEFAULT_CHANNEL, Event
 from sse_batcher.batching._journal import Journal
 from sse_batcher.service._auth import AuthGate
 
@@ -32,7 +32,7 @@ __all__ = ["Ingest", "ParsedBatch", "UidCache", "parse_body", "read_body"]
 logger = logging.getLogger("sse_batcher.ingest")
 
 MAX_UID_LENGTH = 200
-_FIELDS = frozenset({"type", "source", "data", "ts", "uid"})
+_FIELDS = frozenset({"type", "source", "channel", "data", "ts", "uid"})
 _SHAPE_ERROR = 'the body must be an event object, an array of events or {"events": [...]}'
 
 
@@ -113,7 +113,14 @@ def _entry_event(entry: Any) -> Event:
     data = entry.get("data")
     if data is not None and not isinstance(data, dict):
         raise InvalidEvent(f"data must be a JSON object, not {_json_kind(data)}")
-    return Event.create(entry["type"], data, source=entry["source"], ts=ts, uid=uid)
+    return Event.create(
+        entry["type"],
+        data,
+        source=entry["source"],
+        ts=ts,
+        uid=uid,
+        channel=entry.get("channel", DEFAULT_CHANNEL),
+    )
 
 
 def _json_kind(value: Any) -> str:

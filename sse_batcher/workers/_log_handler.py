@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from sse_batcher._exceptions import BatcherClosed, PublishError, QueueFull
+from sse_batcher.batching._events import check_channel
 
 __all__ = ["BatchLogHandler", "EventEmitter", "EventNowaitPublisher", "EventPublisher"]
 
@@ -52,6 +53,7 @@ class EventEmitter(Protocol):
         source: str,
         uid: str | None = None,
         ts: float | None = None,
+        channel: str = ...,
     ) -> None: ...
 
 
@@ -66,6 +68,7 @@ class EventPublisher(Protocol):
         *,
         source: str | None = None,
         ts: float | None = None,
+        channel: str | None = None,
     ) -> None: ...
 
 
@@ -80,6 +83,7 @@ class EventNowaitPublisher(Protocol):
         *,
         source: str | None = None,
         ts: float | None = None,
+        channel: str | None = None,
     ) -> None: ...
 
 
@@ -126,6 +130,7 @@ class BatchLogHandler(logging.Handler):
             a ``RemotePublisher`` (a synchronous ``publish(type, data, *, source)``)
             or an ``AsyncRemotePublisher`` (``publish_nowait``, same arguments).
         source: the event source; default the record's logger name.
+        channel: the channel of the events; default the target's (``"default"``).
         level: the handler's threshold, as for any ``logging.Handler``.
     """
 
@@ -134,11 +139,15 @@ class BatchLogHandler(logging.Handler):
         target: _Target,
         *,
         source: str | None = None,
+        channel: str | None = None,
         level: int = logging.INFO,
     ) -> None:
         super().__init__(level)
         self.target = target
         self.source = source
+        self.channel = None if channel is None else check_channel(channel)
+        # Only given when set, so a target without channels (an older emitter) still works.
+        self._channel_kw: dict[str, str] = {} if channel is None else {"channel": channel}
         self._send = self._sender(target)
         self._local = threading.local()
         self._counts_lock = threading.Lock()
@@ -151,13 +160,13 @@ class BatchLogHandler(logging.Handler):
             "errors": 0,
         }
 
-    @staticmethod
-    def _sender(target: _Target) -> _Send:
+    def _sender(self, target: _Target) -> _Send:
+        kw = self._channel_kw
         if isinstance(target, EventEmitter):
             emitter = target
 
             def send_emit(type: str, data: dict[str, Any], source: str, ts: float) -> None:
-                emitter.emit(type, data, source=source, ts=ts)
+                emitter.emit(type, data, source=source, ts=ts, **kw)
 
             return send_emit
         if isinstance(target, EventNowaitPublisher):
@@ -165,14 +174,14 @@ class BatchLogHandler(logging.Handler):
             nowait = target
 
             def send_nowait(type: str, data: dict[str, Any], source: str, ts: float) -> None:
-                nowait.publish_nowait(type, data, source=source, ts=ts)
+                nowait.publish_nowait(type, data, source=source, ts=ts, **kw)
 
             return send_nowait
         if isinstance(target, EventPublisher) and not inspect.iscoroutinefunction(target.publish):
             publisher = target
 
             def send_publish(type: str, data: dict[str, Any], source: str, ts: float) -> None:
-                publisher.publish(type, data, source=source, ts=ts)
+                publisher.publish(type, data, source=source, ts=ts, **kw)
 
             return send_publish
         raise TypeError(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from sse_batcher._exceptions import BatcherClosed, QueueFull
-from sse_batcher.batching._events import check_name
+from sse_batcher.batching._events import DEFAULT_CHANNEL, check_channel, check_name
 
 __all__ = ["EmitStats", "EventBatcher", "SSEBroadcasterMixin"]
 
@@ -50,6 +50,7 @@ class EventBatcher(Protocol):
         source: str,
         uid: str | None = None,
         ts: float | None = None,
+        channel: str = ...,
     ) -> None: ...
 
     async def aemit(
@@ -60,6 +61,7 @@ class EventBatcher(Protocol):
         source: str,
         uid: str | None = None,
         ts: float | None = None,
+        channel: str = ...,
     ) -> None: ...
 
     def set_batching(self, source: str, enabled: bool) -> None: ...
@@ -114,6 +116,8 @@ class SSEBroadcasterMixin:
         batcher: where events go (an ``SSEEventBatcher`` or anything with the
             same ``emit``/``aemit``/``set_batching``/``batching_enabled``).
         worker_name: the event source; overrides the class attribute.
+        channel: the channel of this worker's events (``emit(..., channel=)``
+            overrides it per event); default ``"default"``.
         use_batching: ``False`` sends this worker's events one by one (still
             persisted and streamed), ``True`` turns batching back on, ``None``
             (default) leaves the batcher's current setting alone.
@@ -132,6 +136,7 @@ class SSEBroadcasterMixin:
         worker_name: str | None = None,
         use_batching: bool | None = None,
         strict_emit: bool = False,
+        channel: str = DEFAULT_CHANNEL,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -141,6 +146,7 @@ class SSEBroadcasterMixin:
             or _snake_case(type(self).__name__)
         )
         self.worker_name = check_name("source", name)
+        self.channel = check_channel(channel)
         self.batcher = batcher
         self.strict_emit = strict_emit
         self._emit_lock = threading.Lock()
@@ -160,12 +166,15 @@ class SSEBroadcasterMixin:
     def use_batching(self, enabled: bool) -> None:
         self.batcher.set_batching(self.worker_name, enabled)
 
-    def emit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
+    def emit(
+        self, type: str, data: Mapping[str, Any] | None = None, *, channel: str | None = None
+    ) -> None:
         """Queue one event from this worker; safe from any thread, never blocks.
 
         Args:
             type: the event type, e.g. ``"JOB_STARTED"``.
             data: a JSON object; the batcher takes ownership, do not mutate it later.
+            channel: where it goes (``user.42.jobs``); default the worker's channel.
 
         Raises:
             InvalidEvent: ``type`` is not a valid name (a bug in the caller).
@@ -173,14 +182,16 @@ class SSEBroadcasterMixin:
             BatcherClosed: only with ``strict_emit=True``; otherwise counted and logged.
         """
         try:
-            self.batcher.emit(type, data, source=self.worker_name)
+            self.batcher.emit(type, data, source=self.worker_name, channel=channel or self.channel)
         except (QueueFull, BatcherClosed) as exc:
             self._dropped(type, exc)
             return
         with self._emit_lock:
             self._emitted += 1
 
-    async def aemit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
+    async def aemit(
+        self, type: str, data: Mapping[str, Any] | None = None, *, channel: str | None = None
+    ) -> None:
         """Queue one event, waiting for room when the batcher's policy is ``block``.
 
         Call it from a task on the batcher's event loop. Code on any other thread or
@@ -189,6 +200,7 @@ class SSEBroadcasterMixin:
         Args:
             type: the event type.
             data: a JSON object; the batcher takes ownership.
+            channel: where it goes; default the worker's channel.
 
         Raises:
             InvalidEvent: ``type`` is not a valid name.
@@ -196,7 +208,9 @@ class SSEBroadcasterMixin:
             BatcherClosed: only with ``strict_emit=True``.
         """
         try:
-            await self.batcher.aemit(type, data, source=self.worker_name)
+            await self.batcher.aemit(
+                type, data, source=self.worker_name, channel=channel or self.channel
+            )
         except (QueueFull, BatcherClosed) as exc:
             self._dropped(type, exc)
             return

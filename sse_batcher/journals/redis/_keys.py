@@ -23,7 +23,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sse_batcher.batching._events import EncodedEvent, Event, Position, StoredEvent
+from sse_batcher.batching._events import (
+    DEFAULT_CHANNEL,
+    EncodedEvent,
+    Event,
+    Position,
+    StoredEvent,
+)
 from sse_batcher.batching._journal import Resume, format_event_id
 
 __all__ = [
@@ -122,6 +128,8 @@ def entry_fields(encoded: EncodedEvent) -> dict[str, bytes | str]:
         "ts": repr(event.ts),
         "data": encoded.data_json,
     }
+    if event.channel != DEFAULT_CHANNEL:  # entries without the field are on the default
+        fields["channel"] = event.channel
     if event.uid is not None:
         fields["uid"] = event.uid
     if encoded.uids:
@@ -134,12 +142,14 @@ def stored_entry(epoch: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Sto
     position = stream_position(entry_id)
     data_json = fields[b"data"]
     uid = fields.get(b"uid")
+    channel = fields.get(b"channel")
     event = Event(
         type=fields[b"type"].decode(),
         source=fields[b"source"].decode(),
         data=orjson.loads(data_json),
         ts=float(fields[b"ts"]),
         uid=None if uid is None else uid.decode(),
+        channel=DEFAULT_CHANNEL if channel is None else channel.decode(),
     )
     return StoredEvent(format_event_id(epoch, position, two_part=True), position, event, data_json)
 
@@ -153,6 +163,7 @@ def live_message(events: Sequence[EncodedEvent]) -> bytes:
                 "source": e.event.source,
                 "ts": e.event.ts,
                 "uid": e.event.uid,
+                "channel": e.event.channel,
                 "data": orjson.Fragment(e.data_json),
             }
             for e in events
@@ -166,7 +177,14 @@ def live_events(payload: Any) -> list[StoredEvent]:
         StoredEvent(
             None,
             None,
-            Event(item["type"], item["source"], item["data"], item["ts"], item["uid"]),
+            Event(
+                item["type"],
+                item["source"],
+                item["data"],
+                item["ts"],
+                item["uid"],
+                item.get("channel", DEFAULT_CHANNEL),
+            ),
             orjson.dumps(item["data"]),
         )
         for item in orjson.loads(payload)

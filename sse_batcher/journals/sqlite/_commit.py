@@ -124,7 +124,7 @@ class GroupCommit:
         self._on_commit([request.result for request in batch])
 
     async def _transaction(self, writer: aiosqlite.Connection, batch: list[_Append]) -> None:
-        rows: list[tuple[int, float, str, str, bytes, float]] = []
+        rows: list[tuple[int, float, str, str, str, bytes, float]] = []
         uid_rows: list[tuple[str, float]] = []
         persisted = sum(1 for r in batch for e in r.events if e.persist)
         stored_at = self._clock()
@@ -146,7 +146,15 @@ class GroupCommit:
                     next_id += 1
                     position = Position(next_id)
                     rows.append(
-                        (next_id, event.ts, event.type, event.source, encoded.data_json, stored_at)
+                        (
+                            next_id,
+                            event.ts,
+                            event.type,
+                            event.source,
+                            event.channel,
+                            encoded.data_json,
+                            stored_at,
+                        )
                     )
                     if encoded.uids:
                         uid_rows.extend((uid, stored_at) for uid in encoded.uids)

@@ -24,6 +24,7 @@ __all__ = [
     "BOUNDS",
     "INSERT",
     "INSERT_UID",
+    "SCHEMA_VERSION",
     "SELECT_AFTER",
     "SEQUENCE",
     "close_quietly",
@@ -42,13 +43,14 @@ CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
     type TEXT NOT NULL,
     source TEXT NOT NULL,
+    channel TEXT NOT NULL DEFAULT 'default',
     data TEXT NOT NULL,
     stored_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS uids (uid TEXT PRIMARY KEY, stored_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS uids_stored_at ON uids (stored_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{version}');
 INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', '{epoch}');
 COMMIT;
 """
@@ -61,13 +63,24 @@ SEQUENCE = (
 # data is stored as TEXT (so json_extract works on it) without a decode/encode round
 # trip in Python: the bytes are cast in SQL and cast back on read, byte-for-byte.
 INSERT = (
-    "INSERT INTO events (id, ts, type, source, data, stored_at)"
-    " VALUES (?, ?, ?, ?, CAST(? AS TEXT), ?)"
+    "INSERT INTO events (id, ts, type, source, channel, data, stored_at)"
+    " VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), ?)"
 )
 INSERT_UID = "INSERT OR REPLACE INTO uids (uid, stored_at) VALUES (?, ?)"
 SELECT_AFTER = (
-    "SELECT id, ts, type, source, CAST(data AS BLOB) FROM events WHERE id > ? ORDER BY id LIMIT ?"
+    "SELECT id, ts, type, source, channel, CAST(data AS BLOB)"
+    " FROM events WHERE id > ? ORDER BY id LIMIT ?"
 )
+SCHEMA_VERSION = 2
+# Version 1 had no channel column: every event it stored was on the default channel.
+# ADD COLUMN with a constant default rewrites no rows (SQLite keeps the default in
+# the schema and reads it for old rows), so the migration is instant on any size.
+_MIGRATE_TO_2 = """
+BEGIN IMMEDIATE;
+ALTER TABLE events ADD COLUMN channel TEXT NOT NULL DEFAULT 'default';
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+COMMIT;
+"""
 BOUNDS = f"SELECT (SELECT min(id) FROM events), ({SEQUENCE})"
 
 
@@ -94,8 +107,19 @@ async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
 
 
 async def init_schema(conn: aiosqlite.Connection) -> str:
-    """Create the tables when missing (a new file gets a new epoch); return the epoch."""
-    await conn.executescript(_SCHEMA.format(epoch=secrets.token_hex(4)))
+    """Create the tables when missing (a new file gets a new epoch), migrate an older
+    file to the current schema; return the epoch."""
+    await conn.executescript(_SCHEMA.format(epoch=secrets.token_hex(4), version=SCHEMA_VERSION))
+    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
+    if "channel" not in columns:
+        logger.info("migrating the journal to schema version 2 (channels)")
+        try:
+            await conn.executescript(_MIGRATE_TO_2)
+        except sqlite3.OperationalError as exc:
+            # Another process migrated it between our check and our write lock.
+            if "duplicate column" not in str(exc):
+                raise
+            await conn.execute("ROLLBACK")
     rows = list(await conn.execute_fetchall("SELECT value FROM meta WHERE key = 'epoch'"))
     return str(rows[0][0])
 
@@ -111,9 +135,9 @@ async def close_quietly(conn: aiosqlite.Connection, path: str) -> None:
 def stored_events(epoch: str, rows: Iterable[Any]) -> list[StoredEvent]:
     """Rows of ``SELECT_AFTER`` as stored events with their wire ids."""
     result = []
-    for row_id, ts, type_, source, data in rows:
+    for row_id, ts, type_, source, channel, data in rows:
         position = Position(row_id)
-        event = Event(type=type_, source=source, data=orjson.loads(data), ts=ts)
+        event = Event(type=type_, source=source, data=orjson.loads(data), ts=ts, channel=channel)
         result.append(
             StoredEvent(format_event_id(epoch, position, two_part=False), position, event, data)
         )

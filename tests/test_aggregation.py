@@ -288,8 +288,10 @@ def test_a_rule_can_choose_its_edge() -> None:
 
 
 @property_cases
-def test_a_batch_never_holds_two_channels(steps: list[Any], window: float, max_batch: int) -> None:
-    _, delivered, _ = _drive(steps, window, max_batch)
+def test_a_batch_never_holds_two_channels(
+    steps: list[Any], window: float, max_batch: int, flush: Flush
+) -> None:
+    _, delivered, _ = _drive(steps, window, max_batch, flush)
     for _, flushed in delivered:
         channel = flushed.item.event.channel
         assert {m["ch"] for m in _members(flushed)} == {channel}

@@ -135,7 +135,7 @@ class SSEEventBatcher(Resource):
         self._drain_timeout = float(drain_timeout)
         # Names already validated (types and sources alike: the rules are the same).
         self._valid_names: set[str] = set()
-        self._valid_channels: set[str] = {DEFAULT_CHANNEL}
+        self._valid_channels: set[str] = set()
         self._closing = False
         # The data path, one way: inbox ──► assembler ──► writer; each part is given
         # the parts below it, never a method of this class.
@@ -232,15 +232,13 @@ class SSEEventBatcher(Resource):
         Raises:
             QueueFull: the queue is at its bound and the policy is not drop_oldest.
             BatcherClosed: the batcher is not running.
-            InvalidEvent: the type, source or channel is invalid, or data is not a
-                mapping.
+            InvalidEvent: a name (type, source, channel) is invalid, or data is no mapping.
         """
         # The hot path: every line here is paid per event (target: under 1 µs), so the
         # inbox's put is inlined here; a call costs ~100 ns.
-        if type not in self._valid_names or source not in self._valid_names:
-            self._check_names(type, source)
-        if channel not in self._valid_channels:
-            self._check_channel(channel)
+        names, channels = self._valid_names, self._valid_channels
+        if type not in names or source not in names or channel not in channels:
+            self._check_names(type, source, channel)
         # A shallow copy (the caller may reuse its dict); inline for plain dicts.
         data = data.copy() if data.__class__ is dict else _copy_data(data)
         inbox = self._inbox
@@ -274,10 +272,9 @@ class SSEEventBatcher(Resource):
 
         From a thread other than the batcher's event loop this behaves as ``emit``.
         """
-        if type not in self._valid_names or source not in self._valid_names:
-            self._check_names(type, source)
-        if channel not in self._valid_channels:
-            self._check_channel(channel)
+        names, channels = self._valid_names, self._valid_channels
+        if type not in names or source not in names or channel not in channels:
+            self._check_names(type, source, channel)
         fields = (type, source, _copy_data(data), time.time() if ts is None else ts, uid, channel)
         await self._put([fields], block=self._inbox.may_block())
 
@@ -376,27 +373,20 @@ class SSEEventBatcher(Resource):
 
     # -- producing internals -------------------------------------------------------
 
-    def _check_names(self, type: str, source: str) -> None:
+    def _check_names(self, type: str, source: str, channel: str) -> None:
         check_name("type", type)
         check_name("source", source)
+        check_channel(channel)
         if len(self._valid_names) >= _NAME_CACHE_LIMIT:
             self._valid_names.clear()
-        self._valid_names.add(type)
-        self._valid_names.add(source)
-
-    def _check_channel(self, channel: str) -> None:
-        check_channel(channel)
         if len(self._valid_channels) >= _NAME_CACHE_LIMIT:
             self._valid_channels.clear()
-            self._valid_channels.add(DEFAULT_CHANNEL)
+        self._valid_names.update((type, source))
         self._valid_channels.add(channel)
 
     def _fields_of(self, events: Sequence[Event]) -> list[_Fields]:
-        for event in events:
-            if event.type not in self._valid_names or event.source not in self._valid_names:
-                self._check_names(event.type, event.source)
-            if event.channel not in self._valid_channels:
-                self._check_channel(event.channel)
+        for e in events:
+            self._check_names(e.type, e.source, e.channel)
         return [(e.type, e.source, e.data, e.ts, e.uid, e.channel) for e in events]
 
     def _refuse(self) -> None:

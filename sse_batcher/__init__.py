@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sse_batcher._exceptions import (
     BatcherClosed,
     ConfigError,
+    InvalidCredential,
     InvalidCursor,
     InvalidEvent,
     JournalError,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from sse_batcher.publishing._publisher import RemotePublisher
     from sse_batcher.service._app import create_app
     from sse_batcher.service._hub import Hub
+    from sse_batcher.service._jwt import JWTVerifier
     from sse_batcher.sinks._archive import ArchiveSink
     from sse_batcher.workers._log_handler import BatchLogHandler
     from sse_batcher.workers._mixin import EmitStats, SSEBroadcasterMixin
@@ -56,6 +58,7 @@ _LAZY: dict[str, str] = {
     "EncodedEvent": "sse_batcher.batching._events",
     "Event": "sse_batcher.batching._events",
     "Hub": "sse_batcher.service._hub",
+    "JWTVerifier": "sse_batcher.service._jwt",
     "Journal": "sse_batcher.batching._journal",
     "Position": "sse_batcher.batching._events",
     "PublisherStats": "sse_batcher.publishing._model",
@@ -81,6 +84,8 @@ _EXTRAS = {
     "prometheus_client": "metrics",
     "uvicorn": "server",
     "click": "server",
+    "jwt": "jwt",
+    "cryptography": "jwt",
 }
 
 __all__ = [
@@ -95,8 +100,10 @@ __all__ = [
     "EncodedEvent",
     "Event",
     "Hub",
+    "InvalidCredential",
     "InvalidCursor",
     "InvalidEvent",
+    "JWTVerifier",
     "Journal",
     "JournalError",
     "JournalUnavailable",

@@ -3,6 +3,8 @@
 SSEBatcherError
 ├── ConfigError          invalid configuration (a range, a name, a path)
 ├── InvalidEvent         an event that breaks the validation rules (ValueError too)
+├── InvalidCredential    a credential that claims to be one a verifier knows but is not
+│                        valid (a forged, expired or wrong-audience JWT): HTTP 401
 ├── QueueFull            the pending queue is at its bound and the policy refused the event
 ├── BatcherClosed        a resource (batcher, journal, hub, sink) used when not open,
 │                        or entered a second time
@@ -17,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "BatcherClosed",
     "ConfigError",
+    "InvalidCredential",
     "InvalidCursor",
     "InvalidEvent",
     "JournalError",
@@ -37,6 +40,11 @@ class ConfigError(SSEBatcherError, ValueError):
 
 class InvalidEvent(SSEBatcherError, ValueError):
     """An event failed validation; the message says which rule it broke."""
+
+
+class InvalidCredential(SSEBatcherError):
+    """A credential a verifier recognised (e.g. a JWT) failed its checks; the message
+    says which (signature, expiry, audience, issuer, algorithm, claims)."""
 
 
 class QueueFull(SSEBatcherError):

@@ -20,8 +20,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
 from starlette.applications import Starlette
@@ -30,6 +31,9 @@ from uvicorn.config import STARTUP_FAILURE
 from sse_batcher._exceptions import ConfigError, SSEBatcherError
 from sse_batcher.cli import _demo as _demo_cli
 from sse_batcher.cli import _publish as _publish_cli
+
+if TYPE_CHECKING:
+    from sse_batcher.service._auth import Verifier
 
 __all__ = [
     "ServerSettings",
@@ -152,6 +156,23 @@ _OPTIONS = (
         "bearer token (or ?token=) required to read streams",
         "TOKEN",
     ),
+    _Option(
+        "--jwt-secret",
+        _secret,
+        None,
+        "accept JWTs signed with this HMAC secret (HS256/384/512, 32+ bytes); their "
+        "sse_batcher claim grants channels",
+        "SECRET",
+    ),
+    _Option(
+        "--jwt-public-key",
+        _text,
+        None,
+        "accept JWTs signed with the private key of this PEM public key (RSA, EC, Ed25519)",
+        "FILE",
+    ),
+    _Option("--jwt-audience", _text, None, "JWTs must carry this aud", "AUD"),
+    _Option("--jwt-issuer", _text, None, "JWTs must carry this iss", "ISS"),
     _Option("--cors-origin", _origin, (), "allowed CORS origin; repeatable", "ORIGIN", repeat=True),
     _Option("--max-subscribers", _int_in(1, 1_000_000), 10_000, "open streams allowed", "N"),
     _Option("--heartbeat", _positive_float, 15.0, "seconds between idle heartbeats", "SECONDS"),
@@ -229,6 +250,10 @@ class ServerSettings:
     max_batch: int
     token: str | None
     subscribe_token: str | None
+    jwt_secret: str | None
+    jwt_public_key: str | None
+    jwt_audience: str | None
+    jwt_issuer: str | None
     cors_origin: tuple[str, ...]
     max_subscribers: int
     heartbeat: float
@@ -337,11 +362,38 @@ def build_settings_app(settings: ServerSettings, slot: int | None = None) -> Sta
         batcher,
         token=settings.token,
         subscribe_token=settings.subscribe_token,
+        verifiers=_jwt_verifiers(settings),
         cors_origins=settings.cors_origin,
         max_subscribers=settings.max_subscribers,
         heartbeat=settings.heartbeat,
         durable_ingest=settings.durable_ingest,
     )
+
+
+def _jwt_verifiers(settings: ServerSettings) -> list[Verifier]:
+    """A JWTVerifier when --jwt-secret or --jwt-public-key is given."""
+    if settings.jwt_secret is None and settings.jwt_public_key is None:
+        if settings.jwt_audience or settings.jwt_issuer:
+            raise ConfigError("--jwt-audience/--jwt-issuer need --jwt-secret or --jwt-public-key")
+        return []
+    try:
+        from sse_batcher.service._jwt import JWTVerifier
+    except ImportError:
+        raise ConfigError("JWT options need PyJWT: pip install 'sse_batcher[jwt]'") from None
+    key = None
+    if settings.jwt_public_key is not None:
+        try:
+            key = Path(settings.jwt_public_key).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--jwt-public-key: {exc}") from None
+    return [
+        JWTVerifier(
+            secret=settings.jwt_secret,
+            public_key=key,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+    ]
 
 
 def listening_socket(host: str, port: int, *, send_timeout: float) -> socket.socket:

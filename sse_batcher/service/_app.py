@@ -21,6 +21,7 @@ Shutdown::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -43,8 +44,9 @@ from sse_batcher._exceptions import (
 )
 from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._journal import Journal
-from sse_batcher.service._auth import AuthGate, Capability, StaticTokens, Verifier
+from sse_batcher.service._auth import AuthGate, Capability, Grant, StaticTokens, Verifier
 from sse_batcher.service._channels import (
+    ALL_CHANNELS,
     MAX_CHANNEL_PATTERNS,
     ChannelFilter,
     check_pattern,
@@ -90,6 +92,22 @@ def _channel_patterns(request: Request) -> frozenset[str] | Response | None:
         return normalize(check_pattern(pattern) for pattern in given)
     except InvalidEvent as exc:
         return error(400, f"invalid channel pattern: {exc}")
+
+
+def _permitted_channels(request: Request, grant: Grant) -> frozenset[str] | Response | None:
+    """What a reader gets: the patterns it asked for, each of which its grant must
+    cover (else 403 before anything is read), or without ``?channel=`` everything
+    its grant allows; None means every channel."""
+    requested = _channel_patterns(request)
+    if isinstance(requested, Response):
+        return requested
+    if requested is None:
+        allowed = normalize(grant.subscribe)
+        return None if allowed == ALL_CHANNELS else allowed
+    for pattern in sorted(requested):
+        if not grant.allows("subscribe", pattern):
+            return error(403, f"this token does not allow channel {pattern!r}")
+    return requested
 
 
 class _Service:
@@ -156,7 +174,7 @@ class _Service:
         on_reset = params.get("on_reset", "live")
         if on_reset not in ("live", "oldest"):
             return error(400, "on_reset must be 'live' or 'oldest'")
-        channels = _channel_patterns(request)
+        channels = _permitted_channels(request, grant)
         if isinstance(channels, Response):
             return channels
         cursor = request.headers.get("last-event-id") or params.get("last_event_id") or None
@@ -166,6 +184,7 @@ class _Service:
             sources=_csv(params.get("sources")),
             channels=channels,
             on_reset="oldest" if on_reset == "oldest" else "live",
+            expires=grant.expires,
         )
         # Heartbeats come from the hub (only when the stream is idle), so ping=0.
         return _EventStream(
@@ -183,6 +202,7 @@ class _Service:
         sources: Sequence[str] | None,
         channels: frozenset[str] | None,
         on_reset: OnReset,
+        expires: float | None,
     ) -> AsyncGenerator[bytes, None]:
         try:
             async with self.hub.subscribe(
@@ -193,8 +213,23 @@ class _Service:
                 on_reset=on_reset,
             ) as chunks:
                 yield b"retry: %d\n\n" % self.retry_ms
-                async for chunk in chunks:
-                    yield chunk
+                if expires is None:
+                    async for chunk in chunks:
+                        yield chunk
+                    return
+                # The credential expires: the stream ends then (the client reconnects
+                # with a fresh token and resumes by id). Each wait is bounded by the
+                # time left; the cancel scope never spans a yield.
+                while True:
+                    with anyio.move_on_after(expires - time.time()) as scope:
+                        try:
+                            piece = await anext(chunks)
+                        except StopAsyncIteration:
+                            return
+                    if scope.cancelled_caught:
+                        yield b": credential expired\n\n"
+                        return
+                    yield piece
         except (QueueFull, BatcherClosed) as exc:
             # 200 with a long retry hint, then close: a non-200 status would stop a
             # browser's EventSource for good.
@@ -214,7 +249,7 @@ class _Service:
             return error(400, "limit must be an integer")
         if limit < 1:
             return error(400, "limit must be at least 1")
-        channels = _channel_patterns(request)
+        channels = _permitted_channels(request, grant)
         if isinstance(channels, Response):
             return channels
         accept = None if channels is None else ChannelFilter(channels)

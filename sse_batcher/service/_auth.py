@@ -26,13 +26,13 @@ import logging
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Literal, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sse_batcher._exceptions import ConfigError
+from sse_batcher._exceptions import ConfigError, InvalidCredential
+from sse_batcher.service._channels import covers
 
 __all__ = [
     "ALL",
@@ -68,19 +68,25 @@ class Grant:
         admin: the operator routes (workers, stats, metrics, health details).
         identity: who the credential names (None: anonymous); limits per identity
             use it.
+        expires: Unix time after which the credential is no longer valid (a signed
+            token's ``exp``); an open stream ends then. None: never.
     """
 
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     admin: bool = False
     identity: str | None = None
+    expires: float | None = None
 
-    def allows(self, capability: Capability, channel: str = "*") -> bool:
-        """Whether this grant covers ``capability`` (on ``channel`` for the first two)."""
+    def allows(self, capability: Capability, channel: str | None = None) -> bool:
+        """Whether this grant covers ``capability``: on ``channel`` (a channel or a
+        pattern) for publish and subscribe, on some channel when it is None."""
         if capability == "admin":
             return self.admin
         patterns = self.subscribe if capability == "subscribe" else self.publish
-        return any(p == "*" or p == channel or fnmatchcase(channel, p) for p in patterns)
+        if channel is None:
+            return bool(patterns)
+        return any(covers(p, channel) for p in patterns)
 
     def union(self, other: Grant) -> Grant:
         """Everything either grant allows (a credential adds to the open grant)."""
@@ -89,6 +95,7 @@ class Grant:
             publish=_merge(self.publish, other.publish),
             admin=self.admin or other.admin,
             identity=other.identity if other.identity is not None else self.identity,
+            expires=other.expires if other.expires is not None else self.expires,
         )
 
 
@@ -271,7 +278,15 @@ class AuthGate:
         if credential is None:
             return self.anonymous
         for verifier in self.verifiers:
-            grant = verifier.verify(credential)
+            try:
+                grant = verifier.verify(credential)
+            except InvalidCredential as exc:
+                # A token meant for this server that does not hold: 401, so the client
+                # knows to get a fresh one (RFC 6750 3.1 "invalid_token").
+                self.counters["invalid_credentials"] += 1
+                return _json_error(
+                    401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                )
             if grant is not None:
                 return self.anonymous.union(grant)
         self.counters["invalid_credentials"] += 1
@@ -282,7 +297,7 @@ class AuthGate:
         request: Request,
         capability: Capability,
         *,
-        channel: str = "*",
+        channel: str | None = None,
         allow_query: bool = False,
     ) -> Grant | Response:
         """The grant when it allows ``capability``, else the 401/403 to send."""

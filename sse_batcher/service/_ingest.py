@@ -22,7 +22,7 @@ from starlette.responses import Response
 from sse_batcher._exceptions import BatcherClosed, InvalidEvent, JournalError, QueueFull
 from sse_batcher.batching._events import DEFAULT_CHANNEL, Event
 from sse_batcher.batching._journal import Journal
-from sse_batcher.service._auth import AuthGate
+from sse_batcher.service._auth import AuthGate, Grant
 
 if TYPE_CHECKING:
     from sse_batcher.batching._batcher import SSEEventBatcher
@@ -121,6 +121,25 @@ def _entry_event(entry: Any) -> Event:
         uid=uid,
         channel=entry.get("channel", DEFAULT_CHANNEL),
     )
+
+
+def _forbid_channels(batch: ParsedBatch, grant: Grant) -> None:
+    """Move the entries on channels ``grant`` may not publish to into ``rejected``,
+    each with status 403; the others are stored as usual."""
+    kept = []
+    for index, event in batch.events:
+        if grant.allows("publish", event.channel):
+            kept.append((index, event))
+        else:
+            batch.rejected.append(
+                {
+                    "index": index,
+                    "status": 403,
+                    "error": f"this token may not publish to channel {event.channel!r}",
+                }
+            )
+    batch.events = kept
+    batch.rejected.sort(key=lambda entry: int(entry["index"]))
 
 
 def _json_kind(value: Any) -> str:
@@ -269,6 +288,8 @@ class Ingest:
         except ValueError as exc:
             self._counters["unparseable"] += 1
             return _json({"error": str(exc)}, 400)
+        if "*" not in grant.publish:
+            _forbid_channels(batch, grant)
         events, duplicates, fresh = self._deduplicate(batch)
         if events:
             refused = await self._offer(events)

@@ -33,7 +33,7 @@ import anyio
 import anyio.to_thread
 
 from sse_batcher import Hub, SQLiteJournal, SSEEventBatcher
-from sse_batcher.batching._aggregation import Flush
+from sse_batcher.batching._rules import Flush
 
 from . import row, tmpdir
 

@@ -26,10 +26,10 @@ from sse_batcher._exceptions import (
 
 if TYPE_CHECKING:
     # What mypy and IDEs see; at run time the same names come from _LAZY below.
-    from sse_batcher.batching._aggregation import AggregationRule, batch_type_for
     from sse_batcher.batching._batcher import SSEEventBatcher
     from sse_batcher.batching._events import EncodedEvent, Event, Position, StoredEvent
     from sse_batcher.batching._journal import Journal, Resume
+    from sse_batcher.batching._rules import AggregationRule, batch_type_for
     from sse_batcher.batching._sink import Sink
     from sse_batcher.batching._sink_set import SinkSet
     from sse_batcher.batching._stats import BatcherStats, WorkerInfo
@@ -49,7 +49,7 @@ __version__ = "0.1.0"
 
 # public name -> the private module defining it
 _LAZY: dict[str, str] = {
-    "AggregationRule": "sse_batcher.batching._aggregation",
+    "AggregationRule": "sse_batcher.batching._rules",
     "ArchiveSink": "sse_batcher.sinks._archive",
     "AsyncRemotePublisher": "sse_batcher.publishing._async_publisher",
     "BatchLogHandler": "sse_batcher.workers._log_handler",
@@ -72,7 +72,7 @@ _LAZY: dict[str, str] = {
     "SinkSet": "sse_batcher.batching._sink_set",
     "StoredEvent": "sse_batcher.batching._events",
     "WorkerInfo": "sse_batcher.batching._stats",
-    "batch_type_for": "sse_batcher.batching._aggregation",
+    "batch_type_for": "sse_batcher.batching._rules",
     "create_app": "sse_batcher.service._app",
     "in_publisher_context": "sse_batcher.publishing._model",
 }

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_batcher import AggregationRule, ConfigError
-from sse_batcher.batching._aggregation import Aggregator, Flush, Flushed, Member, RuleSet
+from sse_batcher.batching._aggregation import Aggregator
+from sse_batcher.batching._members import Flushed, Member
+from sse_batcher.batching._rules import Flush, RuleSet
 
 
 def member(

@@ -20,9 +20,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from sse_batcher._exceptions import InvalidEvent
-from sse_batcher.batching._aggregation import Aggregator, Member
+from sse_batcher.batching._aggregation import Aggregator
 from sse_batcher.batching._events import encode_data
 from sse_batcher.batching._inbox import Inbox
+from sse_batcher.batching._members import Member
 from sse_batcher.batching._sources import SourceTable
 from sse_batcher.batching._stats import SourceCounters
 from sse_batcher.batching._writer import JournalWriter

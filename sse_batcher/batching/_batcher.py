@@ -34,11 +34,12 @@ from sse_batcher._exceptions import (
     QueueFull,
 )
 from sse_batcher._lifecycle import Resource
-from sse_batcher.batching._aggregation import AggregationRule, Aggregator, Flush, RuleSet
+from sse_batcher.batching._aggregation import Aggregator
 from sse_batcher.batching._assembler import Assembler
 from sse_batcher.batching._events import DEFAULT_CHANNEL, Event, check_channel, check_name
 from sse_batcher.batching._inbox import Inbox, Overflow
 from sse_batcher.batching._journal import Journal
+from sse_batcher.batching._rules import AggregationRule, Flush, RuleSet
 from sse_batcher.batching._sink import Sink
 from sse_batcher.batching._sources import SourceTable
 from sse_batcher.batching._stats import BatcherStats, WorkerInfo

@@ -25,11 +25,11 @@ import anyio
 from anyio.abc import TaskStatus
 
 from sse_batcher._lifecycle import Resource
-from sse_batcher.batching._aggregation import Flushed
 from sse_batcher.batching._dead_letter import DeadLetterStore
 from sse_batcher.batching._events import EncodedEvent, StoredEvent
 from sse_batcher.batching._inbox import Inbox
 from sse_batcher.batching._journal import Journal
+from sse_batcher.batching._members import Flushed
 from sse_batcher.batching._sink import Sink
 from sse_batcher.batching._sources import SourceTable
 from sse_batcher.batching._stats import LatencyWindow

@@ -32,7 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from sse_batcher._exceptions import ConfigError
 from sse_batcher._lifecycle import Resource
-from sse_batcher.batching._aggregation import AggregationRule
+from sse_batcher.batching._rules import AggregationRule
 from sse_batcher.workers._log_handler import BatchLogHandler
 from sse_batcher.workers._mixin import EventBatcher, SSEBroadcasterMixin
 

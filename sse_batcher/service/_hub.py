@@ -38,9 +38,9 @@ from anyio.abc import TaskStatus
 
 from sse_batcher._exceptions import BatcherClosed, ConfigError, InvalidCursor, QueueFull
 from sse_batcher._lifecycle import Resource
-from sse_batcher.batching._aggregation import batch_type_for
 from sse_batcher.batching._events import Event, Position, StoredEvent
 from sse_batcher.batching._journal import Journal, Resume
+from sse_batcher.batching._rules import batch_type_for
 from sse_batcher.service._channels import (
     ALL_CHANNELS,
     ChannelFilter,

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from sse_batcher.service._app import create_app
     from sse_batcher.service._hub import Hub
     from sse_batcher.service._jwt import JWTVerifier
+    from sse_batcher.service._settings import ServiceSettings
     from sse_batcher.sinks._archive import ArchiveSink
     from sse_batcher.workers._log_handler import BatchLogHandler
     from sse_batcher.workers._mixin import EmitStats, SSEBroadcasterMixin
@@ -68,6 +69,7 @@ _LAZY: dict[str, str] = {
     "SQLiteJournal": "sse_batcher.journals.sqlite._journal",
     "SSEBroadcasterMixin": "sse_batcher.workers._mixin",
     "SSEEventBatcher": "sse_batcher.batching._batcher",
+    "ServiceSettings": "sse_batcher.service._settings",
     "Sink": "sse_batcher.batching._sink",
     "SinkSet": "sse_batcher.batching._sink_set",
     "StoredEvent": "sse_batcher.batching._events",
@@ -118,6 +120,7 @@ __all__ = [
     "SSEBatcherError",
     "SSEBroadcasterMixin",
     "SSEEventBatcher",
+    "ServiceSettings",
     "Sink",
     "SinkSet",
     "StoredEvent",

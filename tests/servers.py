@@ -62,7 +62,7 @@ class ServerProcess:
         port: int | None = None,
     ) -> None:
         args = list(args)
-        if "--port" in args:  # argparse keeps the last one: so does the url
+        if "--port" in args:  # click keeps the last one: so does the url
             port = int(args[len(args) - 1 - args[::-1].index("--port") + 1])
         self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import subprocess
@@ -15,14 +14,11 @@ import httpx
 import orjson
 import pytest
 
-from sse_batcher.cli._publish import EX_TEMPFAIL, add_parser, run
+from sse_batcher.cli._publish import EX_TEMPFAIL, PublishArgs, publish, run
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="sse-batcher")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_parser(subparsers)
-    return parser.parse_args(["publish", *argv])
+def parse(*argv: str) -> PublishArgs:
+    return PublishArgs(**publish.make_context("publish", list(argv)).params)
 
 
 class Recorder:
@@ -56,7 +52,6 @@ def call(
     recorder: Recorder, *argv: str, stdin: str | None = None, url: str | None = "http://h:1"
 ) -> int:
     args = parse(*(["--url", url] if url else []), *argv)
-    assert args.func is run
     return run(
         args,
         stdin=io.StringIO(stdin) if stdin is not None else None,

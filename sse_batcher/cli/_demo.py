@@ -13,11 +13,8 @@ workers, drains the batcher and prints what batching saved.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import math
+import asyncio
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -26,64 +23,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import click
+import uvicorn
 from starlette.applications import Starlette
 
 from sse_batcher._exceptions import ConfigError
 from sse_batcher.batching._stats import BatcherStats
+from sse_batcher.cli._options import (
+    Checked,
+    ServerSettings,
+    number_in,
+    positive_float,
+    server_options,
+)
+from sse_batcher.cli._server import build_app, configure_logging, run_server
 
-__all__ = ["DemoSummary", "add_parser", "run"]
+__all__ = ["DemoSummary", "demo"]
 
 _PROG = "sse-batcher demo"
-
-
-def add_parser(subparsers: Any) -> None:
-    """Add the ``demo`` subcommand (sets ``func``) to an argparse subparsers object.
-
-    Args:
-        subparsers: what ``ArgumentParser.add_subparsers()`` returned.
-    """
-    from sse_batcher.cli._main import add_server_options
-
-    parser = subparsers.add_parser(
-        "demo",
-        help="run the service with simulated timelapse workers and the live dashboard",
-        description="Run the service on the embedded SQLite journal with three simulated "
-        "workers (thumbnails, overlays, a scheduler with bursts), open the dashboard and "
-        "watch events batch live. Ctrl-C drains and prints a summary. Without --db the "
-        "journal is a temporary file removed at exit.",
-    )
-    parser.add_argument(
-        "--duration",
-        type=_duration,
-        default=None,
-        metavar="SECONDS",
-        help="stop after this many seconds and print the summary (default: run until Ctrl-C)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=None, help="make the simulated jobs reproducible"
-    )
-    parser.add_argument(
-        "--speed",
-        type=_speed,
-        default=1.0,
-        help="time compression for the workers: 2 = twice the event rate (default: 1)",
-    )
-    add_server_options(parser)
-    parser.set_defaults(func=run)
-
-
-def _duration(text: str) -> float:
-    value = float(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def _speed(text: str) -> float:
-    value = float(text)
-    if not 0.01 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be between 0.01 and 1000, got {text}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,35 +86,17 @@ def _shown_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _build(args: argparse.Namespace, db: str) -> tuple[Starlette, dict[str, Any]]:
+def _build(
+    settings: ServerSettings, *, seed: int | None, speed: float
+) -> tuple[Starlette, dict[str, Any]]:
     """The service with the demo rules, its lifespan extended to run the workers."""
-    from sse_batcher.batching._batcher import SSEEventBatcher
     from sse_batcher.cli._demo_workers import DEMO_RULES, DemoWorkers
-    from sse_batcher.cli._main import server_settings
-    from sse_batcher.journals.sqlite._journal import SQLiteJournal
-    from sse_batcher.service._app import create_app
 
-    settings = server_settings(args)
-    if settings.redis_url is not None:
+    if settings.service.redis_url is not None:
         raise ConfigError("the demo runs on the embedded SQLite journal; drop --redis-url")
-    journal = SQLiteJournal(db, retention_seconds=settings.retention_days * 86400)
-    batcher = SSEEventBatcher(
-        journal,
-        rules=DEMO_RULES,
-        window=settings.window_ms / 1000,
-        max_batch=settings.max_batch,
-        dead_letter_path=settings.dead_letter_path,
-    )
-    app = create_app(
-        batcher,
-        token=settings.token,
-        subscribe_token=settings.subscribe_token,
-        cors_origins=settings.cors_origin,
-        max_subscribers=settings.max_subscribers,
-        heartbeat=settings.heartbeat,
-        durable_ingest=settings.durable_ingest,
-    )
-    run_state: dict[str, Any] = {"seed": args.seed, "started": None, "stopped": None}
+    app = build_app(settings.service, rules=DEMO_RULES)
+    batcher = app.state.batcher
+    run_state: dict[str, Any] = {"seed": seed, "started": None, "stopped": None}
     service_lifespan = app.router.lifespan_context
     url = f"http://{_shown_host(settings.host)}:{settings.port}/"
 
@@ -167,62 +106,75 @@ def _build(args: argparse.Namespace, db: str) -> tuple[Starlette, dict[str, Any]
         # it drains them, so everything they emitted is written.
         async with (
             service_lifespan(app),
-            DemoWorkers(batcher, seed=args.seed, speed=args.speed) as workers,
-            anyio.create_task_group() as tg,
+            DemoWorkers(batcher, seed=seed, speed=speed) as workers,
         ):
             run_state["seed"] = workers.seed
             run_state["started"] = anyio.current_time()
             print(f"Open {url} to watch events batch live (Ctrl-C to stop)", flush=True)
-            if args.duration is not None:
-                tg.start_soon(_stop_after, args.duration)
             try:
                 yield
             finally:
-                tg.cancel_scope.cancel()
                 run_state["stopped"] = anyio.current_time()
 
     app.router.lifespan_context = lifespan
     return app, run_state
 
 
-async def _stop_after(seconds: float) -> None:
-    await anyio.sleep(seconds)
-    # The same path as Ctrl-C: uvicorn's handler starts the graceful shutdown.
-    signal.raise_signal(signal.SIGINT)
+@click.command()
+@click.option(
+    "--duration",
+    type=Checked(positive_float, "--duration"),
+    default=None,
+    metavar="SECONDS",
+    help="Stop after this many seconds and print the summary (default: run until Ctrl-C).",
+)
+@click.option("--seed", type=int, default=None, help="Make the simulated jobs reproducible.")
+@click.option(
+    "--speed",
+    type=Checked(number_in(0.01, 1000), "--speed"),
+    default=1.0,
+    show_default=True,
+    metavar="FACTOR",
+    help="Time compression for the workers: 2 = twice the event rate.",
+)
+@server_options(db=None, log_level="warning")
+def demo(duration: float | None, seed: int | None, speed: float, **params: Any) -> int:
+    """Run the service with simulated timelapse workers and the live dashboard.
 
-
-def run(args: argparse.Namespace) -> int:
-    """Run the demo until Ctrl-C or ``--duration``; print the URL, then a summary.
-
-    Args:
-        args: the parsed ``demo`` options.
+    Three simulated workers (thumbnails, overlays, a scheduler with bursts) emit
+    events on the embedded SQLite journal: open the dashboard and watch them batch
+    live. Ctrl-C (or the end of --duration) drains and prints a summary. Without
+    --db the journal is a temporary file removed at exit.
     """
-    from sse_batcher.cli._main import run_server, server_settings
-
-    # Quieter than serve by default: the dashboard's requests would fill the terminal.
-    if args.log_level is None and "SSE_BATCHER_LOG_LEVEL" not in os.environ:
-        args.log_level = "warning"
     with tempfile.TemporaryDirectory(prefix="sse-batcher-demo-") as tmp:
-        if args.db is None and "SSE_BATCHER_DB" not in os.environ:
-            args.db = os.path.join(tmp, "demo_events.db")
-        settings = server_settings(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        app, state = _build(args, settings.db)
+        if params["db"] is None:
+            params["db"] = os.path.join(tmp, "demo_events.db")
+        settings = ServerSettings.from_params(params)
+        configure_logging(settings.log_level)
+        app, state = _build(settings, seed=seed, speed=speed)
+
+        def started(server: uvicorn.Server) -> None:
+            if duration is not None:
+                # The same path as Ctrl-C: uvicorn's graceful shutdown.
+                asyncio.get_running_loop().call_later(
+                    duration, setattr, server, "should_exit", True
+                )
+
         if not run_server(
             app,
             settings.host,
             settings.port,
             log_level=settings.log_level,
             send_timeout=settings.send_timeout,
+            on_started=started,
         ):
             print(f"{_PROG}: error: the server did not start (see the log above)", file=sys.stderr)
             return 1
-    started, stopped = state["started"], state["stopped"]
+    started_at, stopped_at = state["started"], state["stopped"]
     summary = DemoSummary(
-        seconds=(stopped - started) if started is not None and stopped is not None else 0.0,
+        seconds=(stopped_at - started_at)
+        if started_at is not None and stopped_at is not None
+        else 0.0,
         seed=state["seed"],
         stats=app.state.batcher.stats(),
     )

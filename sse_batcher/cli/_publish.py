@@ -13,12 +13,12 @@ command line, 75 (``EX_TEMPFAIL``) when undelivered events were left in the
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO, Any
 
+import click
 import httpx
 import orjson
 
@@ -26,66 +26,92 @@ from sse_batcher._exceptions import ConfigError, InvalidEvent
 from sse_batcher.batching._events import Event
 from sse_batcher.publishing._publisher import RemotePublisher
 
-__all__ = ["EX_TEMPFAIL", "add_parser", "run"]
+__all__ = ["EX_TEMPFAIL", "PublishArgs", "publish", "run"]
 
 EX_TEMPFAIL = 75
 _PROG = "sse-batcher publish"
 _BACKPRESSURE = 5_000
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add the ``publish`` subcommand (sets ``func``) to an argparse subparsers object.
+@dataclass(frozen=True, slots=True)
+class PublishArgs:
+    """The ``publish`` command line, checked by click."""
 
-    Args:
-        subparsers: what ``ArgumentParser.add_subparsers()`` returned.
+    type: str
+    url: str | None = None
+    token: str | None = None
+    source: str | None = None
+    channel: str | None = None
+    data: str | None = None
+    spool: str | None = None
+    retry_for: float = 10.0
+    timeout: float = 10.0
+    batch_size: int = 10
+    flush_interval: float = 2.0
+
+
+@click.command()
+@click.argument("type", metavar="TYPE")
+@click.option(
+    "--url", envvar="SSE_BATCHER_URL", show_envvar=True, metavar="URL", help="The server's url."
+)
+@click.option(
+    "--token", envvar="SSE_BATCHER_TOKEN", show_envvar=True, metavar="TOKEN", help="Bearer token."
+)
+@click.option("--source", metavar="NAME", help="Event source (default: <hostname>-<pid>).")
+@click.option(
+    "--channel",
+    metavar="CHANNEL",
+    help="The events' channel, e.g. user.42.jobs (default: default).",
+)
+@click.option("--data", metavar="JSON", help="The event's data, a JSON object.")
+@click.option(
+    "--spool",
+    metavar="PATH",
+    help="Keep undelivered events in this file and send them first next time "
+    "(default: no spool; undelivered events are reported and lost).",
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to retry an unreachable server before giving up or spooling.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Per request.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Events per request.",
+)
+@click.option(
+    "--flush-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait for a batch to fill, for slow pipes.",
+)
+def publish(**params: Any) -> int:
+    """Send events to a server: one, or JSON lines from stdin.
+
+    Sends one event of type TYPE, or with TYPE '-' JSON lines from stdin (batched),
+    to POST /events. Each stdin line is an object with type, and optionally source,
+    channel, data and ts. Exit status: 0 all acknowledged, 1 something rejected or
+    undelivered, 2 bad input, 75 undelivered events left in the --spool file.
     """
-    parser = subparsers.add_parser(
-        "publish",
-        help="send events to a server (one, or JSON lines from stdin)",
-        description="Send one event, or with TYPE '-' JSON lines from stdin (batched), to "
-        "POST /events. Each stdin line is an object with type, and optionally source, "
-        "channel, data and ts. Exit status: 0 all acknowledged, 1 something rejected or "
-        "undelivered, 2 bad input, 75 undelivered events left in the --spool file.",
-    )
-    parser.add_argument("type", metavar="TYPE", help="the event type, or - to read JSON lines")
-    parser.add_argument(
-        "--url", help="the server's base url (default: env SSE_BATCHER_URL)", metavar="URL"
-    )
-    parser.add_argument(
-        "--token", help="bearer token (default: env SSE_BATCHER_TOKEN)", metavar="TOKEN"
-    )
-    parser.add_argument("--source", help="event source (default: <hostname>-<pid>)")
-    parser.add_argument(
-        "--channel", help="the events' channel, e.g. user.42.jobs (default: default)"
-    )
-    parser.add_argument("--data", help="the event's data, a JSON object", metavar="JSON")
-    parser.add_argument(
-        "--spool",
-        metavar="PATH",
-        help="keep undelivered events in this file and send them first next time "
-        "(default: no spool; undelivered events are reported and lost)",
-    )
-    parser.add_argument(
-        "--retry-for",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to retry an unreachable server before giving up or spooling (default: 10)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default: 10)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=10, metavar="N", help="events per request (default: 10)"
-    )
-    parser.add_argument(
-        "--flush-interval",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="longest wait for a batch to fill, for slow pipes (default: 2)",
-    )
-    parser.set_defaults(func=run)
+    return run(PublishArgs(**params))
 
 
 def _error(message: str) -> None:
@@ -132,7 +158,7 @@ def _event(type: Any, data: Any, source: str | None, ts: Any, channel: str | Non
 
 
 def run(
-    args: argparse.Namespace,
+    args: PublishArgs,
     *,
     stdin: IO[str] | None = None,
     transport: httpx.BaseTransport | None = None,
@@ -140,12 +166,12 @@ def run(
     """Run ``sse-batcher publish`` with parsed ``args``; return the exit status.
 
     Args:
-        args: from the parser :func:`add_parser` made.
+        args: the checked command line.
         stdin: where ``-`` reads from (default ``sys.stdin``).
         transport: an httpx transport (tests).
     """
-    url = args.url or os.environ.get("SSE_BATCHER_URL")
-    token = args.token or os.environ.get("SSE_BATCHER_TOKEN") or None
+    url = args.url
+    token = args.token or None
     if not url:
         _error("error: no server: pass --url or set SSE_BATCHER_URL")
         return 2

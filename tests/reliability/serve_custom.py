@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from sse_batcher import EncodedEvent, SQLiteJournal, SSEEventBatcher, StoredEvent, create_app
-from sse_batcher.cli._main import run_server
+from sse_batcher.cli._server import run_server
 
 from ..servers import ServerProcess
 

@@ -9,7 +9,6 @@ oldest non-error events first, counted and logged.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from sse_batcher._backoff import backoff_delay
 from sse_batcher._exceptions import ConfigError
 from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._events import StoredEvent
@@ -206,10 +206,9 @@ class _Runner:
                 self._warn("sink %r write failed (will retry): %s", self.name, self.last_error)
                 if self._abandon.is_set():
                     break
-                delay = min(self._retry_max, self._retry_initial * 2**attempt)
-                attempt = min(attempt + 1, 64)  # 2**attempt must stay a float-sized int
-                # Jitter so sinks that share a failing dependency do not retry in step.
-                with anyio.move_on_after(delay * random.uniform(0.5, 1.0)):
+                delay = backoff_delay(attempt, initial=self._retry_initial, maximum=self._retry_max)
+                attempt += 1
+                with anyio.move_on_after(delay):
                     await self._abandon.wait()
                 if self._abandon.is_set():
                     break

@@ -2,7 +2,7 @@
 
     write queue ──► take everything queued (≤ 10,000 events) ──► Journal.append (shielded)
         ok ──► counters, sinks, dead letters re-appended first next time, progress
-        error ──► retry_delay · 2^n · jitter ─ after max_retries ──► dead-letter store
+        error ──► backoff_delay(n) ─ after max_retries ──► dead-letter store
 
 It is owned by ``SSEEventBatcher``: entered in its lifespan, ``run`` started in its
 task group. It reports to the :class:`~sse_batcher.batching._inbox.Inbox` it is given:
@@ -12,7 +12,6 @@ room released as events leave the pipeline, and progress after each batch.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from sse_batcher._backoff import backoff_delay
 from sse_batcher._lifecycle import Resource
 from sse_batcher.batching._dead_letter import DeadLetterStore
 from sse_batcher.batching._events import EncodedEvent, StoredEvent
@@ -272,7 +272,7 @@ class JournalWriter(Resource):
                     logger.warning("journal append failed (%s); giving up on this batch", exc)
                     return None
                 self.counts.retries += 1
-                delay = self._retry_delay * (2**attempt) * random.uniform(0.5, 1.5)
+                delay = backoff_delay(attempt, initial=self._retry_delay)
                 logger.warning("journal append failed (%s); retrying in %.2fs", exc, delay)
                 await anyio.sleep(delay)
         return None

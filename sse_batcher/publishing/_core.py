@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import orjson
 
+from sse_batcher._backoff import backoff_delay
 from sse_batcher.publishing._model import (
     IN_SENDER,
     RETRY_STATUSES,
@@ -238,8 +239,13 @@ class PublisherCore(PublishQueue):
         fsync per interval, not per event); without a spool the batch is dropped.
         """
         config = self.config
-        ceiling = min(config.max_backoff, _BASE_BACKOFF * 2 ** min(attempt - 1, 30))
-        delay = self._rng() * ceiling  # "full jitter"
+        delay = backoff_delay(
+            attempt - 1,
+            initial=_BASE_BACKOFF,
+            maximum=config.max_backoff,
+            jitter=1.0,
+            rng=self._rng,
+        )
         if retry.retry_after is not None:
             delay = max(delay, retry.retry_after)
         with self.lock:

@@ -14,12 +14,12 @@ nothing stored is missed; the live reader misses what was published meanwhile
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
 
+from sse_batcher._backoff import backoff_delay
 from sse_batcher.batching._events import StoredEvent
 from sse_batcher.batching._journal import TailListener
 from sse_batcher.journals._counters import RedisCounters
@@ -76,8 +76,7 @@ class RedisTail:
             logger.exception("Redis tail listener %r failed", deliver)
 
     async def _backoff(self, attempt: int) -> None:
-        delay = min(2.0, 0.05 * 2**attempt)
-        await anyio.sleep(delay * random.uniform(0.5, 1.0))
+        await anyio.sleep(backoff_delay(attempt, initial=0.05, maximum=2.0))
 
     async def stream(
         self, deliver: TailListener, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -1,18 +1,21 @@
 """A timelapse backend whose workers stream their events through sse_batcher.
 
-Run it, then open http://127.0.0.1:8000/ ::
+Run it, then open http://127.0.0.1:8000/sse/ ::
 
     python demo/timelapse_backend.py [--port 8000] [--db timelapse_events.db]
 
 What to copy into your own backend:
 
-1. One journal, one batcher, ``create_app(batcher)``: the service (SSE stream,
-   ingest, history, workers, dashboard). Its lifespan opens the journal and the
-   batcher and drains them at shutdown.
-2. Workers mix in ``SSEBroadcasterMixin`` and call ``self.emit(...)``: from a plain
+1. One ``Service``: journal, batcher and the ASGI app (SSE stream, ingest,
+   history, workers, dashboard), mounted in the backend's own app under ``/sse``
+   (any prefix works) beside the backend's routes.
+2. The backend's lifespan enters the service (``async with service``): that opens
+   the journal and the batcher, and leaving it drains them at shutdown. A mounted
+   app's own lifespan never runs, so this line is what makes streaming work.
+3. Workers mix in ``SSEBroadcasterMixin`` and call ``self.emit(...)``: from a plain
    thread (``emit`` is thread-safe and never blocks) or from an async task.
-3. ``BatchLogHandler`` turns ordinary ``logging`` calls inside jobs into live events.
-4. The workers start inside the app's lifespan, once the batcher is open, and stop
+4. ``BatchLogHandler`` turns ordinary ``logging`` calls inside jobs into live events.
+5. The workers start inside the lifespan, once the service is open, and stop
    before it drains, so nothing they emitted is lost.
 """
 
@@ -28,15 +31,11 @@ from contextlib import asynccontextmanager
 import anyio
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
 
-from sse_batcher import (
-    AggregationRule,
-    BatchLogHandler,
-    SQLiteJournal,
-    SSEBroadcasterMixin,
-    SSEEventBatcher,
-    create_app,
-)
+from sse_batcher import AggregationRule, BatchLogHandler, Service, SSEBroadcasterMixin
 
 log = logging.getLogger("timelapse.thumbnails")
 
@@ -78,20 +77,19 @@ class OverlayWorker(SSEBroadcasterMixin):
 
 
 def build_app(db: str) -> Starlette:
-    """The service plus the two workers, started and stopped by its lifespan."""
-    batcher = SSEEventBatcher(
-        SQLiteJournal(db),
-        window=0.5,
+    """The backend: its own routes, the service under /sse, the workers in its lifespan."""
+    service = Service(
+        db=db,
+        window_ms=500,
         max_batch=10,
         # Progress is state: within a window keep only each job's newest update.
         rules=[AggregationRule(types=("JOB_PROGRESS",), mode="latest", id_fields=("job_id",))],
     )
-    app = create_app(batcher)
-    service_lifespan = app.router.lifespan_context
+    batcher = service.batcher  # what the backend's own code emits into
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with service_lifespan(app):  # journal and batcher are open from here
+        async with service:  # journal, hub and batcher are open from here
             handler = BatchLogHandler(batcher)  # source: the logger's name
             log.addHandler(handler)
             log.setLevel(logging.INFO)
@@ -109,10 +107,14 @@ def build_app(db: str) -> Starlette:
                 stop.set()
                 await anyio.to_thread.run_sync(thumbnails.join)
                 log.removeHandler(handler)
-        # Leaving service_lifespan drained the batcher: every event is in the journal.
+        # Leaving the service drained the batcher: every event is in the journal.
 
-    app.router.lifespan_context = lifespan
-    return app
+    async def cameras(request: Request) -> JSONResponse:  # one of the backend's own routes
+        return JSONResponse({"cameras": list(range(1, 13))})
+
+    return Starlette(
+        routes=[Route("/cameras", cameras), Mount("/sse", service.app)], lifespan=lifespan
+    )
 
 
 def main() -> None:
@@ -121,7 +123,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--db", default="timelapse_events.db")
     args = parser.parse_args()
-    print(f"Open http://{args.host}:{args.port}/ to watch events batch live", flush=True)
+    print(f"Open http://{args.host}:{args.port}/sse/ to watch events batch live", flush=True)
     try:
         uvicorn.run(build_app(args.db), host=args.host, port=args.port, log_level="warning")
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sse_batcher.batching._sink import Sink
     from sse_batcher.batching._sink_set import SinkSet
     from sse_batcher.batching._stats import BatcherStats, WorkerInfo
+    from sse_batcher.embedding._service import Service
     from sse_batcher.journals.redis._journal import RedisJournal
     from sse_batcher.journals.sqlite._journal import SQLiteJournal
     from sse_batcher.publishing._async_publisher import AsyncRemotePublisher
@@ -69,6 +70,7 @@ _LAZY: dict[str, str] = {
     "SQLiteJournal": "sse_batcher.journals.sqlite._journal",
     "SSEBroadcasterMixin": "sse_batcher.workers._mixin",
     "SSEEventBatcher": "sse_batcher.batching._batcher",
+    "Service": "sse_batcher.embedding._service",
     "ServiceSettings": "sse_batcher.service._settings",
     "Sink": "sse_batcher.batching._sink",
     "SinkSet": "sse_batcher.batching._sink_set",
@@ -120,6 +122,7 @@ __all__ = [
     "SSEBatcherError",
     "SSEBroadcasterMixin",
     "SSEEventBatcher",
+    "Service",
     "ServiceSettings",
     "Sink",
     "SinkSet",

@@ -14,10 +14,9 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from sse_batcher import ServiceSettings
+from sse_batcher import Service, ServiceSettings
 from sse_batcher.cli._main import main, serve
 from sse_batcher.cli._options import OPTIONS, ServerSettings
-from sse_batcher.cli._server import build_app
 
 from .servers import ServerProcess
 
@@ -118,17 +117,17 @@ def test_unknown_arguments_fail_in_one_line(capsys: pytest.CaptureFixture[str]) 
     assert err.count("\n") == 1 and "No such option" in err and "--no-such-flag" in err
 
 
-def test_build_app_picks_journal_and_sinks(tmp_path: Path) -> None:
-    app = build_app(
+def test_the_service_picks_journal_and_sinks_from_the_options(tmp_path: Path) -> None:
+    service = Service(
         server_settings(parse("--db", str(tmp_path / "x.db"), "--archive", str(tmp_path / "arc")))
     )
-    assert type(app.state.journal).__name__ == "SQLiteJournal"
-    assert app.state.batcher.window == 0.5
-    redis = build_app(
+    assert type(service.journal).__name__ == "SQLiteJournal"
+    assert service.batcher.window == 0.5
+    redis = Service(
         server_settings(parse("--redis-url", "redis://127.0.0.1:1/0", "--window-ms", "100"))
     )
-    assert type(redis.state.journal).__name__ == "RedisJournal"
-    assert redis.state.batcher.window == 0.1
+    assert type(redis.journal).__name__ == "RedisJournal"
+    assert redis.batcher.window == 0.1
 
 
 def post(url: str, events: list[dict[str, Any]]) -> None:
@@ -167,6 +166,26 @@ def test_a_server_that_cannot_open_its_journal_exits_1(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "the server did not start" in result.stderr
+
+
+def test_a_missing_database_directory_is_one_line_with_status_2(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    result = subprocess.run(
+        [sys.executable, "-m", "sse_batcher", "serve", "--db", str(missing / "e.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"sse-batcher serve: error: --db: the directory {str(missing)!r} does not exist\n"
+    )
+
+
+def test_serve_says_where_it_listens(tmp_path: Path) -> None:
+    with ServerProcess(["--db", str(tmp_path / "e.db"), "--log-level", "info"]) as server:
+        output = server.stop()
+    assert f"listening on {server.url} (dashboard at /)" in output
 
 
 async def test_resume_after_a_restart_on_the_same_database(tmp_path: Path) -> None:

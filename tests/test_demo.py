@@ -185,7 +185,7 @@ def test_example_backend_streams_batches_and_stops_cleanly(tmp_path: Path) -> No
             assert time.monotonic() < deadline, f"saw only {sorted(seen)}"
             assert proc.poll() is None, proc.communicate()[1]
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/events/history?limit=1000")
+                response = httpx.get(f"http://127.0.0.1:{port}/sse/events/history?limit=1000")
             except httpx.TransportError:
                 response = None  # not listening yet
             if response is not None and response.status_code == 200:
@@ -198,5 +198,5 @@ def test_example_backend_streams_batches_and_stops_cleanly(tmp_path: Path) -> No
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert f"Open http://127.0.0.1:{port}/" in out
+    assert f"Open http://127.0.0.1:{port}/sse/" in out
     assert "Traceback" not in err

@@ -13,7 +13,6 @@ workers, drains the batcher and prints what batching saved.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import tempfile
@@ -24,8 +23,8 @@ from typing import Any
 
 import anyio
 import click
-import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from sse_batcher._exceptions import ConfigError
 from sse_batcher.batching._stats import BatcherStats
@@ -36,7 +35,8 @@ from sse_batcher.cli._options import (
     positive_float,
     server_options,
 )
-from sse_batcher.cli._server import build_app, configure_logging, run_server
+from sse_batcher.cli._server import check_paths, configure_logging, serve_service, shown_url
+from sse_batcher.embedding._service import Service
 
 __all__ = ["DemoSummary", "demo"]
 
@@ -80,33 +80,26 @@ class DemoSummary:
         return "\n".join(rows)
 
 
-def _shown_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
 def _build(
     settings: ServerSettings, *, seed: int | None, speed: float
-) -> tuple[Starlette, dict[str, Any]]:
-    """The service with the demo rules, its lifespan extended to run the workers."""
+) -> tuple[Service, Starlette, dict[str, Any]]:
+    """The service with the demo rules, embedded in an app whose lifespan runs the workers."""
     from sse_batcher.cli._demo_workers import DEMO_RULES, DemoWorkers
 
     if settings.service.redis_url is not None:
         raise ConfigError("the demo runs on the embedded SQLite journal; drop --redis-url")
-    app = build_app(settings.service, rules=DEMO_RULES)
-    batcher = app.state.batcher
+    service = Service(settings.service, rules=DEMO_RULES)
     run_state: dict[str, Any] = {"seed": seed, "started": None, "stopped": None}
-    service_lifespan = app.router.lifespan_context
-    url = f"http://{_shown_host(settings.host)}:{settings.port}/"
+    url = shown_url(settings.host, settings.port) + "/"
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The service opens the journal and the batcher first; the workers stop before
-        # it drains them, so everything they emitted is written.
+        # The way an application embeds the service: it enters the service (journal,
+        # hub, batcher) first; the workers stop before it drains, so everything they
+        # emitted is written.
         async with (
-            service_lifespan(app),
-            DemoWorkers(batcher, seed=seed, speed=speed) as workers,
+            service,
+            DemoWorkers(service.batcher, seed=seed, speed=speed) as workers,
         ):
             run_state["seed"] = workers.seed
             run_state["started"] = anyio.current_time()
@@ -116,8 +109,8 @@ def _build(
             finally:
                 run_state["stopped"] = anyio.current_time()
 
-    app.router.lifespan_context = lifespan
-    return app, run_state
+    host = Starlette(routes=[Mount("/", service.app)], lifespan=lifespan)
+    return service, host, run_state
 
 
 @click.command()
@@ -151,23 +144,9 @@ def demo(duration: float | None, seed: int | None, speed: float, **params: Any) 
             params["db"] = os.path.join(tmp, "demo_events.db")
         settings = ServerSettings.from_params(params)
         configure_logging(settings.log_level)
-        app, state = _build(settings, seed=seed, speed=speed)
-
-        def started(server: uvicorn.Server) -> None:
-            if duration is not None:
-                # The same path as Ctrl-C: uvicorn's graceful shutdown.
-                asyncio.get_running_loop().call_later(
-                    duration, setattr, server, "should_exit", True
-                )
-
-        if not run_server(
-            app,
-            settings.host,
-            settings.port,
-            log_level=settings.log_level,
-            send_timeout=settings.send_timeout,
-            on_started=started,
-        ):
+        check_paths(settings.service)
+        service, app, state = _build(settings, seed=seed, speed=speed)
+        if not serve_service(service, settings, app=app, stop_after=duration):
             print(f"{_PROG}: error: the server did not start (see the log above)", file=sys.stderr)
             return 1
     started_at, stopped_at = state["started"], state["stopped"]
@@ -176,7 +155,7 @@ def demo(duration: float | None, seed: int | None, speed: float, **params: Any) 
         if started_at is not None and stopped_at is not None
         else 0.0,
         seed=state["seed"],
-        stats=app.state.batcher.stats(),
+        stats=service.batcher.stats(),
     )
     print(summary.text(), flush=True)
     return 0

@@ -23,11 +23,12 @@ from sse_batcher.cli._options import ServerSettings, server_options
 from sse_batcher.cli._publish import publish
 from sse_batcher.cli._server import (
     GRACEFUL_SHUTDOWN_TIMEOUT,
-    build_app,
+    check_paths,
     configure_logging,
     listening_socket,
-    run_server,
+    serve_service,
 )
+from sse_batcher.embedding._service import Service
 from sse_batcher.service._settings import ServiceSettings
 
 __all__ = ["cli", "main"]
@@ -52,22 +53,17 @@ def serve(**params: Any) -> int:
     Every option also reads the environment variable shown beside it.
     """
     settings = ServerSettings.from_params(params)
+    check_paths(settings.service)
     configure_logging(settings.log_level)
     if settings.workers > 1:
         return _serve_workers(settings)
-    app = build_app(settings.service)
-    if not run_server(
-        app,
-        settings.host,
-        settings.port,
-        log_level=settings.log_level,
-        send_timeout=settings.send_timeout,
-    ):
+    service = Service(settings.service)
+    if not serve_service(service, settings):
         click.echo(
             "sse-batcher serve: error: the server did not start (see the log above)", err=True
         )
         return 1
-    stats = app.state.batcher.stats()
+    stats = service.batcher.stats()
     click.echo(
         f"sse-batcher: stopped; {stats.events_in} events in, {stats.messages_out} messages out "
         f"({stats.members_out} events written in {stats.writes} writes), "
@@ -82,13 +78,14 @@ def build_worker_app(settings: ServiceSettings, slot: int) -> ASGIApp:
     from sse_batcher.cli._workers import TAIL_POLL_INTERVAL, slot_path
 
     archive = settings.archive
-    return build_app(
+    service = Service(
         settings.with_values(
             tail_poll_interval=TAIL_POLL_INTERVAL,
             archive=None if archive is None else os.path.join(archive, f"w{slot}"),
             dead_letter=slot_path(settings.dead_letter_path, slot),
         )
     )
+    return service.app
 
 
 def _serve_workers(settings: ServerSettings) -> int:

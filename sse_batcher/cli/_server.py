@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from starlette.applications import Starlette
 from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
 from sse_batcher._exceptions import ConfigError
-from sse_batcher.batching._aggregation import AggregationRule
-from sse_batcher.service._auth import Verifier
+from sse_batcher.cli._options import ServerSettings
+from sse_batcher.embedding._service import Service
 from sse_batcher.service._settings import ServiceSettings
 
-__all__ = ["build_app", "configure_logging", "listening_socket", "run_server"]
+__all__ = [
+    "check_paths",
+    "configure_logging",
+    "listening_socket",
+    "run_server",
+    "serve_service",
+    "shown_url",
+]
 
 logger = logging.getLogger("sse_batcher.cli")
 
@@ -32,82 +39,63 @@ def configure_logging(level: str) -> None:
     )
 
 
-def build_app(settings: ServiceSettings, *, rules: Sequence[AggregationRule] = ()) -> Starlette:
-    """The journal (Redis with ``redis_url``, else SQLite), sinks, batcher and app.
+def check_paths(settings: ServiceSettings) -> None:
+    """Refuse, in one line, files whose directory does not exist (before any traceback).
 
-    The app's lifespan opens and drains them; ``app.state.batcher`` stays readable
-    after the server stops (for the exit summary).
+    Raises:
+        ConfigError: names the flag and the missing directory.
     """
-    from sse_batcher.batching._batcher import SSEEventBatcher
-    from sse_batcher.batching._journal import Journal
-    from sse_batcher.batching._sink import Sink
-    from sse_batcher.service._app import create_app
+    files = [("--dead-letter", settings.dead_letter_path)]
+    if settings.redis_url is None:
+        files.insert(0, ("--db", settings.db))
+    for flag, path in files:
+        directory = Path(path).parent
+        if not directory.is_dir():
+            raise ConfigError(f"{flag}: the directory {str(directory)!r} does not exist")
 
-    retention = settings.retention_days * 86400
-    journal: Journal
-    if settings.redis_url is not None:
-        from sse_batcher.journals.redis._journal import RedisJournal
 
-        journal = RedisJournal(
-            settings.redis_url, prefix=settings.redis_prefix, retention_seconds=retention
-        )
-    else:
-        from sse_batcher.journals.sqlite._journal import SQLiteJournal
+def shown_url(host: str, port: int) -> str:
+    """The address to print: a wildcard host is shown as loopback."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
-        journal = SQLiteJournal(
-            settings.db,
-            retention_seconds=retention,
-            tail_poll_interval=settings.tail_poll_interval,
-        )
-    sinks: list[Sink] = []
-    if settings.archive is not None:
-        from sse_batcher.sinks._archive import ArchiveSink
 
-        sinks.append(ArchiveSink(settings.archive))
-    batcher = SSEEventBatcher(
-        journal,
-        rules=rules,
-        window=settings.window_ms / 1000,
-        max_batch=settings.max_batch,
-        dead_letter_path=settings.dead_letter_path,
-        sinks=sinks,
+def serve_service(
+    service: Service,
+    settings: ServerSettings,
+    *,
+    app: ASGIApp | None = None,
+    stop_after: float | None = None,
+) -> bool:
+    """Run ``app`` (default ``service.app``) with :func:`run_server`; the service owns
+    shutdown: its streams end as soon as uvicorn stops accepting.
+
+    Args:
+        service: the service whose streams end at shutdown.
+        settings: where to listen, how to log.
+        app: the app to serve, when a host app wraps the service (the demo).
+        stop_after: seconds after which the server stops as if interrupted.
+    """
+
+    def started(server: uvicorn.Server) -> None:
+        logger.info("listening on %s (dashboard at /)", shown_url(settings.host, settings.port))
+        if stop_after is not None:
+            # The same path as Ctrl-C: uvicorn's graceful shutdown.
+            loop = asyncio.get_running_loop()
+            loop.call_later(stop_after, setattr, server, "should_exit", True)
+
+    return run_server(
+        service.app if app is None else app,
+        settings.host,
+        settings.port,
+        log_level=settings.log_level,
+        send_timeout=settings.send_timeout,
+        on_shutdown=service.begin_shutdown,
+        on_started=started,
     )
-    return create_app(
-        batcher,
-        token=settings.token,
-        subscribe_token=settings.subscribe_token,
-        verifiers=jwt_verifiers(settings),
-        cors_origins=settings.cors_origin,
-        max_subscribers=settings.max_subscribers,
-        heartbeat=settings.heartbeat,
-        durable_ingest=settings.durable_ingest,
-    )
-
-
-def jwt_verifiers(settings: ServiceSettings) -> list[Verifier]:
-    """A JWTVerifier when ``jwt_secret`` or ``jwt_public_key`` is set."""
-    if settings.jwt_secret is None and settings.jwt_public_key is None:
-        if settings.jwt_audience or settings.jwt_issuer:
-            raise ConfigError("--jwt-audience/--jwt-issuer need --jwt-secret or --jwt-public-key")
-        return []
-    try:
-        from sse_batcher.service._jwt import JWTVerifier
-    except ImportError:
-        raise ConfigError("JWT options need PyJWT: pip install 'sse_batcher[jwt]'") from None
-    key = None
-    if settings.jwt_public_key is not None:
-        try:
-            key = Path(settings.jwt_public_key).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"--jwt-public-key: {exc}") from None
-    return [
-        JWTVerifier(
-            secret=settings.jwt_secret,
-            public_key=key,
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-        )
-    ]
 
 
 def listening_socket(host: str, port: int, *, send_timeout: float) -> socket.socket:

@@ -13,9 +13,14 @@ Routes (the HTTP contract, documented in docs/)::
 
 Shutdown::
 
-    SIGTERM ─► uvicorn stops accepting ─► sse-starlette sees should_exit ─► open
-    streams end (clients reconnect elsewhere with Last-Event-ID) ─► lifespan exit:
-    close any stream left ─► the batcher drains (its async with ends) ─► hub ─► journal
+    begin_shutdown() (``Service`` / ``serve`` call it when the server stops accepting;
+    under another uvicorn, sse-starlette's watcher does) ─► open streams end (clients
+    reconnect elsewhere with Last-Event-ID) ─► lifespan exit: close any stream left
+    ─► the batcher drains (its async with ends) ─► hub ─► journal
+
+A hub that was never started (the app mounted in a host whose lifespan does not
+enter the service) answers ``GET /events`` with 503 and logs how to fix it, instead
+of streams that end at once and a browser that retries forever.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import anyio
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -42,6 +48,7 @@ from sse_batcher._exceptions import (
     InvalidEvent,
     QueueFull,
 )
+from sse_batcher._lifecycle import Lifecycle
 from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._journal import Journal
 from sse_batcher.service._auth import AuthGate, Capability, Grant, StaticTokens, Verifier
@@ -132,7 +139,13 @@ class _Service:
         self.retry_ms = retry_ms
         self.manage_lifecycle = manage_lifecycle
         self.shutdown_event: anyio.Event | None = None
+        self._warned_not_started = False
         self.operator = OperatorRoutes(batcher, journal, hub, gate, self.stats_sections)
+
+    def begin_shutdown(self) -> None:
+        """End every open stream after what it has buffered (idempotent)."""
+        if self.shutdown_event is not None:
+            self.shutdown_event.set()
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -158,13 +171,34 @@ class _Service:
                     self.shutdown_event.set()
 
     async def _end_streams_on_shutdown(self, shutdown: anyio.Event) -> None:
-        # sse-starlette sets the shared shutdown event when the server starts to shut
-        # down; ending the hub's iterators lets every response finish cleanly (final
-        # chunk sent) within its grace period instead of being cancelled mid-response.
+        # begin_shutdown() (or sse-starlette's watcher) sets the event when the server
+        # starts to shut down; ending the hub's iterators lets every response finish
+        # cleanly (final chunk sent) instead of being cancelled mid-response.
         await shutdown.wait()
         self.hub.close_streams()
 
     # -- the stream ---------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        # One route for both methods, so a 405 lists both in Allow.
+        if self.hub.lifecycle is Lifecycle.UNOPENED:
+            return self.not_started(request.method)
+        if request.method == "POST":
+            return await self.ingest.handle(request)
+        return await self.stream(request)
+
+    def not_started(self, method: str) -> Response:
+        """503 for a stream asked of a hub nobody started, logged loudly once."""
+        message = (
+            "the sse_batcher service was never started: its app is mounted in a host app "
+            "whose lifespan does not enter it (Starlette does not run a mounted app's "
+            "lifespan). Enter it in the host's lifespan: `async with service: yield` "
+            "(see docs/embedding.md)"
+        )
+        if not self._warned_not_started:
+            self._warned_not_started = True
+            logger.error("%s /events answered 503: %s", method, message)
+        return error(503, message)
 
     async def stream(self, request: Request) -> Response:
         grant = self.gate.require(request, "subscribe", allow_query=True)
@@ -271,6 +305,12 @@ class _Service:
         }
 
 
+async def _json_http_error(request: Request, exc: Exception) -> Response:
+    # 404 and 405 (and any HTTPException) as JSON, like every other error we send.
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, exc.detail, **(exc.headers or {}))
+
+
 def create_app(
     batcher: SSEEventBatcher,
     *,
@@ -346,8 +386,7 @@ def create_app(
         manage_lifecycle=manage_lifecycle,
     )
     routes = [
-        Route("/events", service.stream, methods=["GET"]),
-        Route("/events", service.ingest.handle, methods=["POST"]),
+        Route("/events", service.events, methods=["GET", "POST"]),
         Route("/events/history", service.history, methods=["GET"]),
         Route("/workers", service.operator.workers, methods=["GET"]),
         Route("/workers/{name}", service.operator.patch_worker, methods=["PATCH"]),
@@ -369,9 +408,15 @@ def create_app(
                 max_age=600,
             )
         )
-    app = Starlette(routes=routes, middleware=middleware, lifespan=service.lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=service.lifespan,
+        exception_handlers={HTTPException: _json_http_error},
+    )
     app.state.batcher = batcher
     app.state.journal = journal
     app.state.hub = service.hub
     app.state.gate = gate
+    app.state.begin_shutdown = service.begin_shutdown
     return app

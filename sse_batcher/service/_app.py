@@ -63,7 +63,7 @@ from sse_batcher.service._history import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMI
 from sse_batcher.service._hub import Hub, OnReset
 from sse_batcher.service._ingest import Ingest
 from sse_batcher.service._operator import STATIC_DIR, OperatorRoutes
-from sse_batcher.service._responses import error
+from sse_batcher.service._responses import error, json_http_error
 
 __all__ = ["create_app"]
 
@@ -305,12 +305,6 @@ class _Service:
         }
 
 
-async def _json_http_error(request: Request, exc: Exception) -> Response:
-    # 404 and 405 (and any HTTPException) as JSON, like every other error we send.
-    assert isinstance(exc, HTTPException)
-    return error(exc.status_code, exc.detail, **(exc.headers or {}))
-
-
 def create_app(
     batcher: SSEEventBatcher,
     *,
@@ -412,7 +406,7 @@ def create_app(
         routes=routes,
         middleware=middleware,
         lifespan=service.lifespan,
-        exception_handlers={HTTPException: _json_http_error},
+        exception_handlers={HTTPException: json_http_error},
     )
     app.state.batcher = batcher
     app.state.journal = journal

@@ -41,9 +41,9 @@ from starlette.applications import Starlette
 
 from sse_batcher._exceptions import ConfigError
 from sse_batcher._lifecycle import Lifecycle, Resource
-from sse_batcher.batching._aggregation import AggregationRule
 from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._journal import Journal
+from sse_batcher.batching._rules import AggregationRule
 from sse_batcher.batching._sink import Sink
 from sse_batcher.service._app import create_app
 from sse_batcher.service._auth import Verifier

@@ -30,6 +30,7 @@ SCENARIOS = (
     "persist",
     "slow_storage",
     "fanout",
+    "channels",
     "latency",
     "connections",
     "archive",

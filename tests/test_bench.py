@@ -18,7 +18,16 @@ from typing import Any
 import anyio
 import pytest
 
-from bench import connections, emit_cost, fanout, latency, persist, slow_storage, writes_saved
+from bench import (
+    channels,
+    connections,
+    emit_cost,
+    fanout,
+    latency,
+    persist,
+    slow_storage,
+    writes_saved,
+)
 from bench.__main__ import markdown, table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +121,15 @@ def test_fanout_smallest(tmp_path: Path, kind: str) -> None:
     result = fanout.measure(kind, 10, 0.5, str(tmp_path))
     assert result["posted"] > 0
     assert result["complete"] == result["subscribers"] == 10
+
+
+def test_channels_smallest(tmp_path: Path) -> None:
+    shared = channels.measure(0, 5, 200.0, 0.5, str(tmp_path))
+    assert shared["posted"] > 0 and shared["star_received"] == shared["posted"] * 5
+    private = channels.measure(50, 5, 200.0, 0.5, str(tmp_path))
+    assert private["private_received"] == private["posted"] > 0
+    assert private["star_received"] == private["posted"] * 5
+    assert private["latencies"] and private["server_cpu_s"] > 0
 
 
 @pytest.mark.parametrize("kind", ["naive", "ours"])

@@ -37,6 +37,38 @@ def jobs(source: str, type_: str, ids: range) -> list[dict[str, Any]]:
 
 
 @pytest.mark.browser
+def test_dashboard_shows_channels_and_filters_by_channel(tmp_path: Path) -> None:
+    def on(channel: str, n: int) -> dict[str, Any]:
+        return {"type": "PING", "source": "w", "channel": channel, "data": {"n": n}}
+
+    with ServerProcess(["--db", str(tmp_path / "e.db")]) as server, chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        errors = collect_page_errors(page)
+        page.goto(server.url + "/")
+        page.wait_for_selector("#conn[data-status='open']")
+        post(server.url, [on("user.1.jobs", 1), on("user.2.jobs", 2)])
+        first = page.locator(".feed-row[data-channel='user.2.jobs']")
+        first.wait_for()
+        assert "user.2.jobs" in first.locator(".chan").inner_text()
+        assert page.locator(".feed-row[data-channel='user.1.jobs']").count() == 1
+
+        page.fill("#channel-filter", "user.1.*")
+        page.press("#channel-filter", "Enter")
+        page.wait_for_selector("#conn[data-status='open']")
+        page.wait_for_function("document.querySelectorAll('.feed-row').length === 0")
+        # user.2 first: it would show before user.1 if the filter let it through
+        post(server.url, [on("user.2.jobs", 3), on("user.1.jobs", 4)])
+        page.wait_for_function(
+            "[...document.querySelectorAll('.feed-row')].some(r => r.title.includes('4'))"
+        )
+        channels = page.eval_on_selector_all(
+            ".feed-row", "rows => rows.map(r => r.dataset.channel)"
+        )
+        assert channels == ["user.1.jobs"]
+        assert errors == []
+
+
+@pytest.mark.browser
 def test_dashboard_shows_batches_and_switches_a_worker_to_single_events(tmp_path: Path) -> None:
     with (
         ServerProcess(["--db", str(tmp_path / "e.db"), "--durable-ingest"]) as server,

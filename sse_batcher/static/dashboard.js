@@ -141,8 +141,11 @@ function rowCells(envelope, batched, count) {
   type.title = envelope.type;
   cells.push(type);
   cells.push(batched ? el("span", "badge", `×${count}`) : el("span"));
+  // Source, then the channel underneath (every message carries one).
   const src = el("span", "src", envelope.source);
-  src.title = envelope.source;
+  const channel = envelope.channel ?? "default";
+  src.append(el("span", "chan", channel));
+  src.title = `${envelope.source} on ${channel}`;
   cells.push(src);
   cells.push(el("span", "summary", summarise(envelope, batched)));
   cells.push(el("span", "chev", batched ? "▶" : ""));
@@ -176,6 +179,7 @@ function renderRow(envelope, info) {
   }
   row.dataset.type = envelope.type;
   row.dataset.source = envelope.source;
+  row.dataset.channel = envelope.channel ?? "default";
   row.dataset.count = String(count);
   if (envelope.id) row.dataset.id = envelope.id;
   setTimeout(() => row.classList.remove("fresh"), 1300);
@@ -211,18 +215,41 @@ $("pause").addEventListener("click", (event) => {
   updateFeedCount();
 });
 
-const sub = subscribe(new URL("events", ROOT).href, {
-  token: TOKEN ?? undefined,
-  onStatus: showStatus,
-  onReset: showReset,
-});
-sub.onAny((envelope, info) => {
+// The channel filter is the server's: the stream is reopened with `?channel=`
+// patterns (space or comma separated; empty: every channel the token allows).
+function channelPatterns(text) {
+  return text.split(/[\s,]+/).filter(Boolean);
+}
+
+function onMessage(envelope, info) {
   received += 1;
   members += info.count;
   pending.push([envelope, info]);
   if (pending.length > FEED_LIMIT * 2) pending = pending.slice(-FEED_LIMIT);
   if (paused) updateFeedCount();
   else if (!frame) frame = requestAnimationFrame(flushFeed);
+}
+
+function connect(channels) {
+  const next = subscribe(new URL("events", ROOT).href, {
+    token: TOKEN ?? undefined,
+    channels,
+    onStatus: showStatus,
+    onReset: showReset,
+  });
+  next.onAny(onMessage);
+  return next;
+}
+
+const channelInput = $("channel-filter");
+channelInput.value = new URLSearchParams(location.search).getAll("channel").join(" ");
+let sub = connect(channelPatterns(channelInput.value));
+$("channel-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sub.close();
+  feed.replaceChildren();
+  pending = [];
+  sub = connect(channelPatterns(channelInput.value));
 });
 // Hidden tabs get no animation frames; flush anyway so the feed is current on return.
 document.addEventListener("visibilitychange", () => document.hidden || flushFeed());

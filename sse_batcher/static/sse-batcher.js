@@ -24,7 +24,13 @@
  *   - `types`: string[]; only these event types (the server adds their default
  *     batch types; list a rule's custom `batch_type` yourself).
  *   - `sources`: string[]; only events from these workers.
- *   - `token`: string; sent as `?token=` when the server requires one.
+ *   - `channels`: string[]; channel patterns (`"user.42"`, `"user.42.*"`, `"*"`).
+ *     Without it the server sends every channel the token allows; a pattern the
+ *     token does not allow ends the subscription (status "closed", 403).
+ *   - `token`: a string, or a function returning one (or a promise of one),
+ *     called before every connection: sent as `Authorization: Bearer`. With a
+ *     function, a 401 (e.g. an expired JWT) reconnects with a fresh token and
+ *     resumes by id; with a string it closes the subscription.
  *   - `lastEventId`: string; resume after this id instead of starting live.
  *   - `onStatus(status, detail)`: "connecting" (first attempt), "open",
  *     "reconnecting" (detail: {attempt, delay, error}), "closed" (detail: {error}
@@ -206,7 +212,8 @@ export function subscribe(url, options = {}) {
     const target = new URL(url, globalThis.location?.href);
     if (opts.types?.length) target.searchParams.set("types", opts.types.join(","));
     if (opts.sources?.length) target.searchParams.set("sources", opts.sources.join(","));
-    if (opts.token) target.searchParams.set("token", opts.token);
+    target.searchParams.delete("channel");
+    for (const pattern of opts.channels ?? []) target.searchParams.append("channel", pattern);
     // A query parameter, not the Last-Event-ID header: a custom header would make
     // every cross-origin reconnect pay for a CORS preflight.
     if (lastEventId !== null) target.searchParams.set("last_event_id", lastEventId);
@@ -361,13 +368,19 @@ export function subscribe(url, options = {}) {
     const outcome = { opened: false, openedAt: 0, retryAfter: 0, fatal: null, error: null };
     try {
       onActivity();
+      // The token goes in a header (never in the URL, where logs and Referer would
+      // keep it), fetched afresh for every connection so a short-lived JWT renews.
+      const token = typeof opts.token === "function" ? await opts.token() : opts.token;
+      const headers = { Accept: "text/event-stream" };
+      if (token) headers.Authorization = `Bearer ${token}`;
       const response = await doFetch(streamUrl(), {
-        headers: { Accept: "text/event-stream" },
+        headers,
         cache: "no-store",
         credentials: opts.credentials ?? "same-origin",
         signal: mine.signal,
       });
-      if (FATAL_STATUS.has(response.status)) {
+      const renewable = response.status === 401 && typeof opts.token === "function";
+      if (FATAL_STATUS.has(response.status) && !renewable) {
         outcome.fatal = new Error(`GET /events answered ${response.status}`);
         outcome.fatal.status = response.status;
         await response.body?.cancel();

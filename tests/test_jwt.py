@@ -305,3 +305,32 @@ async def test_two_redis_nodes_enforce_the_same_rules(redis_url: str, prefix: st
                     "/events?channel=user.2.*", headers=bearer(reader_token)
                 )
                 assert forbidden.status_code == 403
+
+
+async def test_the_docs_backend_route_gives_user_42_its_channels_only(tmp_path: Path) -> None:
+    from tests.docs_blocks import ROOT, blocks
+
+    page_blocks = blocks(ROOT / "docs" / "channels.md")
+    [backend] = [b for b in page_blocks if "sse_token" in b.code]
+    [frontend] = [b for b in page_blocks if b.lang == "html" and "token" in b.code]
+
+    def lines(code: str) -> int:
+        return sum(1 for line in code.splitlines() if line.strip() and "script" not in line)
+
+    assert lines(backend.code) + lines(frontend.code) <= 15  # what the page promises
+    namespace: dict[str, Any] = {}
+    exec(compile(backend.code, backend.where, "exec"), namespace)
+    transport = httpx.ASGITransport(app=namespace["app"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://backend") as backend_client:
+        token = (await backend_client.get("/sse-token")).json()["token"]
+    args = ["--db", str(tmp_path / "j.db"), "--window-ms", "20"]
+    args += ["--jwt-secret", namespace["SECRET"]]
+    writer = mint(namespace["SECRET"], publish=["*"])
+    async with ServerProcess(args) as server, reading(server.url, headers=bearer(token)) as page:
+        await post(
+            server.url,
+            writer,
+            [job("user.43.jobs", 1), job("user.42", 2), job("user.420", 3), job("user.42.jobs", 4)],
+        )
+        await page.wait_for(2, 4)
+        assert page.steps == [2, 4] and page.channels == {"user.42", "user.42.jobs"}

@@ -330,6 +330,41 @@ def test_real_server_members_of_batches_and_singles_arrive_once_in_order(tmp_pat
     assert got["errors"] == []
 
 
+def test_channels_and_a_jwt_sent_as_a_header(tmp_path: Path) -> None:
+    import jwt
+
+    secret = "browser-test-secret-of-32-bytes-or-more"
+
+    def token(grant: dict[str, Any]) -> str:
+        return jwt.encode({"exp": int(time.time()) + 300, "sse_batcher": grant}, secret)
+
+    reader = token({"subscribe": ["user.1.*", "user.2.*"]})
+    writer = token({"publish": ["*"]})
+    args = ["--db", str(tmp_path / "e.db"), "--durable-ingest", "--jwt-secret", secret]
+    with ServerProcess(args) as server, open_harness(server.url) as page:
+        requests: list[Any] = []
+        page.on("request", lambda r: requests.append(r) if "/events" in r.url else None)
+        install(page, "/events", ["JOB_STARTED"], channels=["user.1.*"], token=reader)
+        wait_for(page, "window.got.statuses.includes('open')")
+        entries = [
+            {"type": "JOB_STARTED", "source": "w", "channel": c, "data": {"seq": n}}
+            for n, c in enumerate(["user.2.jobs", "user.1.jobs", "user.3.jobs"], 1)
+        ]
+        answer = httpx.post(
+            f"{server.url}/events", json=entries, headers={"Authorization": f"Bearer {writer}"}
+        )
+        assert answer.status_code == 202, answer.text
+        wait_for_members(page, 1)
+        got = page.evaluate("window.got")
+        # a pattern the token does not cover: refused before the stream, closed for good
+        install(page, "/events", ["JOB_STARTED"], channels=["user.3.*"], token=reader)
+        wait_for(page, "window.got.statuses.at(-1) === 'closed:403'")
+    assert [m["seq"] for m in got["members"]] == [2]
+    first = requests[0]
+    assert "channel=user.1.*" in first.url.replace("%2A", "*") and "token=" not in first.url
+    assert first.headers["authorization"] == f"Bearer {reader}"
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_real_server_restart_mid_stream_loses_and_repeats_nothing(tmp_path: Path, how: str) -> None:
     args = ["--db", str(tmp_path / "e.db"), "--durable-ingest"]

@@ -334,3 +334,14 @@ async def test_the_docs_backend_route_gives_user_42_its_channels_only(tmp_path: 
         )
         await page.wait_for(2, 4)
         assert page.steps == [2, 4] and page.channels == {"user.42", "user.42.jobs"}
+
+
+async def test_a_token_in_the_query_is_redacted_from_the_access_log(tmp_path: Path) -> None:
+    token = mint(SECRET, subscribe=["*"])
+    args = ["--db", str(tmp_path / "j.db"), "--jwt-secret", SECRET, "--log-level", "info"]
+    async with ServerProcess(args) as server, httpx.AsyncClient(base_url=server.url) as client:
+        answer = await client.get(f"/events/history?limit=1&token={token}")
+        assert answer.status_code == 200
+        output = await anyio.to_thread.run_sync(server.stop)
+    assert "/events/history?limit=1&token=[redacted]" in output
+    assert token not in output and token.split(".")[2] not in output

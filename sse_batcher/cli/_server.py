@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
 
 from sse_batcher._exceptions import ConfigError
+from sse_batcher.cli._logging import log_config
 from sse_batcher.cli._options import ServerSettings
 from sse_batcher.embedding._service import Service
 from sse_batcher.service._settings import ServiceSettings
@@ -187,6 +188,7 @@ def run_server(
         http="httptools",
         lifespan="on",
         log_level=log_level,
+        log_config=log_config(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
     )
     server = _Server(config, on_started, on_shutdown)

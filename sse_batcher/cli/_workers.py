@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from sse_batcher._exceptions import ConfigError
+from sse_batcher.cli._logging import log_config
 
 try:
     import fcntl
@@ -156,6 +157,7 @@ def run_workers(
         http="httptools",
         lifespan="on",
         log_level=log_level,
+        log_config=log_config(),
         timeout_graceful_shutdown=graceful_timeout,
     )
     supervisor = Multiprocess(config, sockets=[sock])

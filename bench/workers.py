@@ -84,6 +84,11 @@ def measure(
     return result
 
 
+def _per_delivery_us(result: dict[str, Any]) -> float:
+    deliveries = sum(s["deliveries_per_s"] * (s["seconds"] - s["drain_s"]) for s in result["steps"])
+    return result["server_cpu_s"] / max(deliveries, 1) * 1e6
+
+
 def _note(result: dict[str, Any]) -> str:
     best = result["best"]
     spread = ", ".join(f"{k}: {v}" for k, v in sorted(result["stream_workers"].items()))
@@ -94,7 +99,7 @@ def _note(result: dict[str, Any]) -> str:
         f"{best['rate']:,.0f} events/s x {best['subscribers']} subscribers, "
         f"p50 {best['p50_ms']:.0f} ms, p99 {best['p99_ms']:.0f} ms; load generator CPU "
         f"{best['client_cpu_s'] / best['seconds'] * 100:.0f}% of a core at that rate; "
-        f"server CPU {result['server_cpu_s']:.1f} s over the whole ramp; "
+        f"server CPU {_per_delivery_us(result):.2f} µs per delivery over the whole ramp; "
         f"streams per worker slot {{{spread}}}"
     )
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import orjson
 import pytest
 
@@ -167,3 +168,47 @@ def test_processes_get_unique_ids_and_each_tail_sees_all_rows_in_order(tmp_path:
         r["appended"] != list(range(r["appended"][0], r["appended"][0] + per_process))
         for r in results
     )
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_three_journals_with_stream_only_events_in_random_interleavings(
+    tmp_path: Path, seed: int
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    db = tmp_path / "events.db"
+    recorders = [Recorder() for _ in range(3)]
+    plans = [
+        [[rng.random() < 0.2 for _ in range(rng.randint(1, 6))] for _ in range(60)]
+        for _ in range(3)
+    ]
+    async with (
+        SQLiteJournal(db, tail_poll_interval=0.001) as a,
+        SQLiteJournal(db, tail_poll_interval=0.003) as b,
+        SQLiteJournal(db) as c,  # no polling: gaps before its own commits still fill
+        anyio.create_task_group() as tg,
+    ):
+        journals = (a, b, c)
+        for journal, recorder in zip(journals, recorders, strict=True):
+            await tg.start(journal.run_tail, recorder)
+
+        async def writer(k: int) -> None:
+            for n, batch in enumerate(plans[k]):
+                events = [enc(1000 * k + n, persist=not live) for live in batch]
+                await journals[k].append(events)
+                if rng.random() < 0.5:
+                    await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as writers:
+            for k in range(3):
+                writers.start_soon(writer, k)
+        await c.append([enc(-1)])  # c learns of the others' last rows through its own commit
+        total = sum(not live for plan in plans for batch in plan for live in batch) + 1
+        for recorder in recorders:
+            await recorder.wait_for(total)
+        tg.cancel_scope.cancel()
+    for k, recorder in enumerate(recorders):
+        assert recorder.ids == list(range(1, total + 1))
+        expected_live = [1000 * k + n for n, batch in enumerate(plans[k]) for live in batch if live]
+        assert recorder.live == expected_live  # its own stream-only events, in order

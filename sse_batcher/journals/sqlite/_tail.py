@@ -20,7 +20,7 @@ poll every ``poll_interval`` on a plain sqlite3 connection (≈15 µs, on the lo
 Every delivery drops ids <= ``delivered``, so a row read back while our own
 commit was being handed on is never delivered twice. Stream-only events
 (``persist=False``) are not in the file: they reach only this process's
-listeners.
+listeners, at once (after a gap, ahead of the stored events of their commit).
 """
 
 from __future__ import annotations
@@ -86,14 +86,19 @@ class OrderedTail:
             self.delivered = last.major
             self._deliver(events)
             return
+        # Stream-only events go at once: they have no place in the id order to wait for.
         live = [e for e in events if e.position is None]
         if live:
             self._deliver(live)
-        rows = [e for e in events if e.position is not None and e.position.major > self.delivered]
-        if rows:
-            assert rows[0].position is not None
-            self.pending[rows[0].position.major] = rows
-            self._behind.set()
+        rows = [_Row(e) for e in events if e.position is not None]
+        rows = [r for r in rows if r.major > self.delivered]  # a catch-up read some already
+        if not rows:
+            return
+        if not self.pending and rows[0].major == self.delivered + 1:
+            self._hand_on(rows)
+            return
+        self.pending[rows[0].major] = [r.event for r in rows]
+        self._behind.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Catch up whenever behind (and poll, with ``poll_interval``) until cancelled."""

@@ -212,3 +212,33 @@ async def test_three_journals_with_stream_only_events_in_random_interleavings(
         assert recorder.ids == list(range(1, total + 1))
         expected_live = [1000 * k + n for n, batch in enumerate(plans[k]) for live in batch if live]
         assert recorder.live == expected_live  # its own stream-only events, in order
+
+
+async def test_an_idle_tail_wakes_on_a_write_to_the_wal_not_on_a_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from sse_batcher.journals.sqlite import _tail
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux only; elsewhere the idle tail polls every 10 ms")
+    # Quiet after 50 ms, and a safety check only every minute: a row that arrives
+    # within the test's bound was noticed through inotify.
+    monkeypatch.setattr(_tail, "IDLE_AFTER", 0.05)
+    monkeypatch.setattr(_tail, "IDLE_SAFETY_INTERVAL", 60.0)
+    db = tmp_path / "events.db"
+    seen = Recorder()
+    async with (
+        SQLiteJournal(db, tail_poll_interval=0.002) as a,
+        SQLiteJournal(db) as b,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(a.run_tail, seen)
+        assert a.stats()["tail_wal_watch"] == 1
+        for n in range(3):
+            await anyio.sleep(0.3)  # let a's tail go idle (time passing, not a sync point)
+            await b.append([enc(n)])
+            await seen.wait_for(n + 1)  # fails after 10 s; the timer would take 60
+        tg.cancel_scope.cancel()
+    assert seen.ids == [1, 2, 3]

@@ -56,9 +56,9 @@ __all__ = [
 
 logger = logging.getLogger("sse_batcher.cli")
 
-# Each worker's tail reads the newest id this often: ~15 µs on the event loop per
-# check, so about 1 % of a core, and rows other workers commit reach this worker's
-# subscribers within a few milliseconds.
+# Each worker's tail reads the newest id this often (every 10 ms after a quiet
+# second, see journals/sqlite/_tail.py), so rows other workers commit reach this
+# worker's subscribers within a few milliseconds.
 TAIL_POLL_INTERVAL = 0.002
 WORKER_HEADER = "x-sse-batcher-worker"
 # More slots than workers: during a SIGHUP rolling restart old and new workers overlap.

@@ -38,6 +38,7 @@ class SQLiteCounters(JournalCounters):
     tail_reads: int = 0  # reads of rows other processes committed (serve --workers)
     tail_rows_read: int = 0
     tail_errors: int = 0
+    tail_wal_watch: int = 0  # 1 when idle workers wait on inotify instead of a timer
 
 
 @dataclass(slots=True)

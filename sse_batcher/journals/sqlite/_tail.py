@@ -13,8 +13,8 @@ own commit after a gap (another process committed in between)
       ──► stream-only events at once; the rows wait in ``pending``
       ──► catch-up: read_after(delivered) up to the first pending id, deliver,
           then the pending rows (no second read of our own rows)
-poll every ``poll_interval`` on a plain sqlite3 connection (≈15 µs, on the loop):
-      newest id > delivered ──► catch-up
+poll every ``poll_interval`` on a plain sqlite3 connection (≈15 µs, on the loop;
+after a quiet second: wait for a write to the WAL): newest id > delivered ──► catch-up
 ```
 
 Every delivery drops ids <= ``delivered``, so a row read back while our own
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
@@ -35,12 +36,21 @@ from anyio.abc import TaskStatus
 from sse_batcher.batching._events import StoredEvent
 from sse_batcher.journals._counters import SQLiteCounters
 from sse_batcher.journals.sqlite._schema import SEQUENCE
+from sse_batcher.journals.sqlite._wal_watch import open_wal_watch
 
 __all__ = ["OrderedTail"]
 
 logger = logging.getLogger("sse_batcher.journal")
 
 CATCH_UP_PAGE = 1_000
+# After a quiet second the poll stops: each check costs 30-200 µs of loop time with
+# its wake-up on a shared VM, so 2 ms polling would cost an idle worker 1-4 % of a
+# core. It waits for a write to the WAL instead (inotify, ``_wal_watch.py``; a check
+# every IDLE_SAFETY_INTERVAL in case the file was replaced), or, without inotify,
+# checks every IDLE_INTERVAL.
+IDLE_AFTER = 1.0
+IDLE_INTERVAL = 0.01
+IDLE_SAFETY_INTERVAL = 1.0
 _RETRY_DELAYS = (0.01, 0.05, 0.2, 1.0)
 
 
@@ -116,20 +126,41 @@ class OrderedTail:
         # an aiosqlite thread hop. timeout=0: a busy read is retried next tick, the
         # loop never waits on a lock.
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+        watch = open_wal_watch(self._path)
+        self._counters.tail_wal_watch = 0 if watch is None else 1
         try:
             conn.execute("PRAGMA query_only = 1")
             task_status.started()
+            seen, changed_at = -1, time.monotonic()
             while True:
-                await anyio.sleep(interval)
+                quiet = time.monotonic() - changed_at > IDLE_AFTER
+                if not quiet:
+                    await anyio.sleep(interval)
+                    if watch is not None:
+                        watch.drain()
+                elif watch is None:
+                    await anyio.sleep(max(interval, IDLE_INTERVAL))
+                else:
+                    # Idle: sleep until some process writes the WAL. The write may come
+                    # before its commit is visible, so poll closely again from here on.
+                    with anyio.move_on_after(IDLE_SAFETY_INTERVAL) as timer:
+                        await anyio.wait_readable(watch.fd)
+                    if not timer.cancelled_caught:
+                        watch.drain()
+                        changed_at = time.monotonic()
                 try:
                     # fetchall: the statement runs to its end, so no read transaction
                     # stays open to hold back WAL checkpoints.
                     newest = int(conn.execute(SEQUENCE).fetchall()[0][0])
                 except sqlite3.Error:
                     continue
+                if newest != seen:
+                    seen, changed_at = newest, time.monotonic()
                 if newest > self.delivered and not self.pending:
                     self._behind.set()
         finally:
+            if watch is not None:
+                watch.close()
             conn.close()
 
     async def _catch_up_retrying(self) -> None:

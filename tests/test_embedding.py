@@ -90,11 +90,13 @@ class Subscriber:
                 self.changed = anyio.Event()
                 await self.changed.wait()
 
-    async def read(self, url: str, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    async def read(
+        self, url: str, prefix: str = "/sse", *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
         async with (
             httpx.AsyncClient(timeout=30) as client,
-            aconnect_sse(client, "GET", f"{url}/sse/events", headers=headers) as source,
+            aconnect_sse(client, "GET", f"{url}{prefix}/events", headers=headers) as source,
         ):
             assert source.response.status_code == 200
             started = False
@@ -226,3 +228,40 @@ async def test_the_documented_example_streams_under_its_prefix(
     [(_, batch_type, data)] = subscriber.messages
     assert (batch_type, data["job_ids"]) == ("JOBS_BATCH_STARTED", [7, 8, 9])
     assert (tmp_path / "events.db").exists()
+
+
+async def test_serve_ends_streams_itself_without_sse_starlettes_watcher(tmp_path: Path) -> None:
+    """``serve``'s server tells the service when shutdown begins: an open stream ends and
+    the server exits well before uvicorn's 30 s grace, with sse-starlette's own
+    shutdown detection switched off."""
+    import socket
+
+    import uvicorn
+    from sse_starlette.sse import AppStatus
+
+    from sse_batcher.cli._server import ServiceServer
+
+    service = Service(db=str(tmp_path / "events.db"))
+    sock = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(service.app, log_level="warning", timeout_graceful_shutdown=30)
+    listening = anyio.Event()
+    server = ServiceServer(
+        config, on_started=lambda _: listening.set(), on_shutdown=service.begin_shutdown
+    )
+    AppStatus.disable_automatic_graceful_drain()
+    try:
+        subscriber = Subscriber()
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, [sock])
+                await listening.wait()
+                await tg.start(subscriber.read, url, "")
+                service.batcher.emit("JOB_STARTED", {"job_id": 1}, source="w")
+                await subscriber.wait_for({1})
+                server.should_exit = True
+                # Both tasks end by themselves: the stream, then the server.
+    finally:
+        AppStatus.enable_automatic_graceful_drain_mode()
+        sock.close()
+    assert service.lifecycle.value == "closed"

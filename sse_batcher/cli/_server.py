@@ -21,6 +21,7 @@ from sse_batcher.embedding._service import Service
 from sse_batcher.service._settings import ServiceSettings
 
 __all__ = [
+    "ServiceServer",
     "check_paths",
     "configure_logging",
     "listening_socket",
@@ -118,7 +119,7 @@ def listening_socket(host: str, port: int, *, send_timeout: float) -> socket.soc
     return sock
 
 
-class _Server(uvicorn.Server):
+class ServiceServer(uvicorn.Server):
     """uvicorn's server, telling the app when shutdown begins.
 
     uvicorn waits for open connections to finish before it runs the lifespan
@@ -191,7 +192,7 @@ def run_server(
         log_config=log_config(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
     )
-    server = _Server(config, on_started, on_shutdown)
+    server = ServiceServer(config, on_started, on_shutdown)
 
     # uvicorn re-raises the signal that stopped it once it has shut down; with the
     # default handlers that would be a KeyboardInterrupt or a kill by SIGTERM before

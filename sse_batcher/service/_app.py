@@ -32,7 +32,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
-from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -63,22 +62,13 @@ from sse_batcher.service._history import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMI
 from sse_batcher.service._hub import Hub, OnReset
 from sse_batcher.service._ingest import Ingest
 from sse_batcher.service._operator import STATIC_DIR, OperatorRoutes
-from sse_batcher.service._responses import error, json_http_error
+from sse_batcher.service._responses import NOT_STARTED, EventStream, error, json_http_error
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger("sse_batcher.app")
 
 SHUTDOWN_GRACE_PERIOD = 2.0  # seconds a stream may take to end cleanly at shutdown
-
-
-class _EventStream(EventSourceResponse):
-    """sse-starlette's response without its ``Connection: keep-alive`` header: the
-    header is hop-by-hop, forbidden in HTTP/2, and the server manages keep-alive."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        del self.headers["connection"]
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -189,16 +179,10 @@ class _Service:
 
     def not_started(self, method: str) -> Response:
         """503 for a stream asked of a hub nobody started, logged loudly once."""
-        message = (
-            "the sse_batcher service was never started: its app is mounted in a host app "
-            "whose lifespan does not enter it (Starlette does not run a mounted app's "
-            "lifespan). Enter it in the host's lifespan: `async with service: yield` "
-            "(see docs/embedding.md)"
-        )
         if not self._warned_not_started:
             self._warned_not_started = True
-            logger.error("%s /events answered 503: %s", method, message)
-        return error(503, message)
+            logger.error("%s /events answered 503: %s", method, NOT_STARTED)
+        return error(503, NOT_STARTED)
 
     async def stream(self, request: Request) -> Response:
         grant = self.gate.require(request, "subscribe", allow_query=True)
@@ -221,7 +205,7 @@ class _Service:
             expires=grant.expires,
         )
         # Heartbeats come from the hub (only when the stream is idle), so ping=0.
-        return _EventStream(
+        return EventStream(
             chunks,
             ping=0,
             shutdown_event=self.shutdown_event,

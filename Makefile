@@ -13,7 +13,7 @@ FLOORS_STAMP := $(FLOORS)/.installed
 FAST_TESTS := tests --ignore=tests/reliability --ignore=tests/test_bench.py \
 	-m "not browser and not slow" -p no:cacheprovider
 
-.PHONY: help install check lint typecheck test test-floors docs demo bench soak clean browser
+.PHONY: help install check lint typecheck test test-floors docs demo bench soak clean browser promtool
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -45,11 +45,14 @@ check: lint typecheck  ## lint and type checks, no tests
 browser:  ## install Debian chromium for the browser tests when missing
 	@command -v chromium >/dev/null 2>&1 || scripts/install-chromium
 
+promtool:  ## install Debian's prometheus (promtool) for the metrics test when missing
+	@command -v promtool >/dev/null 2>&1 || scripts/install-promtool
+
 docs: $(STAMP)  ## build docs/ into site/ with mkdocs --strict (broken links fail)
 	@# not --quiet: it hides the warnings that --strict counts
 	$(BIN)/mkdocs build --strict --site-dir site
 
-test: check browser docs  ## lint, type checks, the docs build, the whole suite, the floors job
+test: check browser promtool docs  ## lint, type checks, the docs build, the whole suite, the floors job
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-floors
 

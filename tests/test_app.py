@@ -359,9 +359,9 @@ async def test_stats_and_metrics_show_every_part(service: Service) -> None:
         text = response.text
         assert "sse_batcher_events_in_total 2.0" in text
         assert "# TYPE sse_batcher_hub_subscribers gauge" in text
-        assert 'sse_batcher_dropped_total{kind="queue_full"} 0.0' in text
+        assert 'sse_batcher_dropped_total{reason="queue_full"} 0.0' in text
         assert "sse_batcher_ingest_accepted_total 2.0" in text
-        assert "sse_batcher_journal_rows_written" in text
+        assert "sse_batcher_journal_rows_written_total" in text
         # Every metric name carries the prefix.
         names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
         assert names and all(name.startswith("sse_batcher_") for name in names)

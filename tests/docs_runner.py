@@ -13,7 +13,7 @@ block's marker picks the setup (see ``tests/docs_blocks.py``):
   ``render_step`` standing for the reader's own worker class; afterwards the
   threads it started are joined, the batcher is flushed and every stored event is
   printed as ``stored: TYPE SOURCE DATA``.
-- ``server``: a real ``sse-batcher serve --durable-ingest`` runs (no token), and the block's
+- ``server``: a real ``sse-batcher serve --durable-ingest --token s3cret`` runs, and the block's
   ``http://events.internal:8000`` / ``http://127.0.0.1:8000`` point at it;
   afterwards every stored event is printed the same way, from ``/events/history``.
 
@@ -117,16 +117,22 @@ async def _with_batcher(block: Block) -> None:
         _print_stored([(s.event.type, s.event.source, s.event.data) for s in stored])
 
 
+DOC_TOKEN = "s3cret"  # the token the README and docs/ examples use
+
+
 async def _with_server(block: Block) -> None:
     # --durable-ingest: a publisher's flush returns once its events are stored, so the
     # history read below sees them without waiting for a window.
-    args = ["--db", "server.db", "--window-ms", "50", "--durable-ingest"]
+    # --token: the docs' token, so an example that forgets it stores nothing and fails
+    # its expect (issue 15: the AsyncRemotePublisher example once did, silently).
+    args = ["--db", "server.db", "--window-ms", "50", "--durable-ingest", "--token", DOC_TOKEN]
     async with ServerProcess(args) as server:
         code = block.code
         for url in DOC_URLS:
             code = code.replace(url, server.url)
         await _run_code(dataclasses.replace(block, code=code), _namespace())
-        async with httpx.AsyncClient(base_url=server.url) as client:
+        headers = {"Authorization": f"Bearer {DOC_TOKEN}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers) as client:
             page = (await client.get("/events/history", params={"limit": 1000})).json()
         _print_stored([(e["type"], e["source"], e["data"]) for e in page["events"]])
 

@@ -83,6 +83,7 @@ class PublisherCore(PublishQueue):
         self._down_since: float | None = None
         self._single_since: float | None = None
         self._warned_fallback = False
+        self._warned_auth = False  # 401/403 logged at ERROR once (again after a success)
 
     # ---------------------------------------------------------------- front-end API
 
@@ -299,6 +300,7 @@ class PublisherCore(PublishQueue):
                 return Retry(result.error)
             if 200 <= status < 300:
                 self._down_since = None
+                self._warned_auth = False
                 self._accept(result, lines, single)
                 return "done"
             if status in (404, 405) and not single:
@@ -320,6 +322,16 @@ class PublisherCore(PublishQueue):
             # The server refused the request itself (400, 401, 403, 413 for one event, ...):
             # sending it again cannot help.
             self._down_since = None
+            if status in (401, 403) and not self._warned_auth:
+                # A wrong or missing token drops every event: say so once, loudly (the
+                # rejected counter and reasons keep counting the rest).
+                self._warned_auth = True
+                logger.error(
+                    "%s refused the events (%s): check the publisher's token; events are "
+                    "dropped until the server accepts one (counted in stats().rejected)",
+                    self.config.events_url,
+                    server_reason(result),
+                )
             self._reject(len(lines), f"{len(lines)} events: {server_reason(result)}")
             return "done"
 

@@ -168,7 +168,7 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
                 receipts.setdefault(str(event_number(fields["id"].encode())), []).append(at)
             payload = json.loads(fields["data"])
             data = payload.get("data", payload)
-            items = data.get("items", [data])
+            items = [i["data"] for i in data["items"]] if "items" in data else [data]
             emit_delays.extend(at - item["mono"] for item in items if "mono" in item)
     for s in subs:
         s.close()

@@ -48,7 +48,14 @@ def test_three_starts_become_one_batch_with_collected_ids() -> None:
         "last_ts": pytest.approx(1000.2),
         "job_ids": [123, 124, 125],
         "camera_ids": [7, 7, 7],
-        "items": [{"job_id": j, "camera_id": 7} for j in (123, 124, 125)],
+        "items": [
+            {
+                "ts": pytest.approx(1000.0 + i * 0.1),
+                "uid": None,
+                "data": {"job_id": j, "camera_id": 7},
+            }
+            for i, j in enumerate((123, 124, 125))
+        ],
     }
     assert flushed.item.members == 3
 
@@ -90,7 +97,10 @@ def test_latest_mode_keeps_newest_per_entity_and_counts_coalesced() -> None:
         agg.add(member("JOB_PROGRESS", {"job_id": 1, "pct": pct}))
     agg.add(member("JOB_PROGRESS", {"job_id": 2, "pct": 5}))
     [flushed] = agg.ready(1.0)
-    assert flushed.item.event.data["items"] == [{"job_id": 1, "pct": 90}, {"job_id": 2, "pct": 5}]
+    assert [i["data"] for i in flushed.item.event.data["items"]] == [
+        {"job_id": 1, "pct": 90},
+        {"job_id": 2, "pct": 5},
+    ]
     assert agg.coalesced == 2
 
 
@@ -218,7 +228,7 @@ def _members(flushed: Flushed) -> list[dict[str, Any]]:
     data = dict(flushed.item.event.data)
     if flushed.item.members == 1:
         return [data]
-    return list(data["items"])
+    return [item["data"] for item in data["items"]]
 
 
 @property_cases

@@ -55,7 +55,7 @@ class Tail:
         out: list[dict[str, Any]] = []
         for stored in self.events:
             data = orjson.loads(stored.data_json)
-            out.extend(data["items"] if "batch_count" in data else [data])
+            out.extend([i["data"] for i in data["items"]] if "batch_count" in data else [data])
         return out
 
 
@@ -262,7 +262,11 @@ async def test_journal_failure_retries_then_dead_letters_then_recovers(tmp_path:
         batcher.emit("A", {"n": 4}, source="s")
         await batcher.flush()  # a successful write re-appends the dead letters
         stored = [orjson.loads(e.data_json) for e in await journal.read_after(None, 100)]
-        members = [m["n"] for d in stored for m in (d["items"] if "items" in d else [d])]
+        members = [
+            m["n"]
+            for d in stored
+            for m in ([i["data"] for i in d["items"]] if "items" in d else [d])
+        ]
         assert sorted(members) == [0, 1, 2, 3, 4] and len(members) == 5
         stats = batcher.stats()
         assert stats.dead_letter_pending == 0 and stats.dead_letter_replayed == 3

@@ -54,7 +54,8 @@ async ({url, memberTypes, options}) => {
   sub.onAny((env, info) => got.any.push({id: env.id, type: env.type, ...info}));
   for (const type of memberTypes) {
     sub.on(type, (data, meta) => got.members.push({
-      type, seq: data.seq, id: meta.id, batch: meta.batch && meta.batch.count}));
+      type, seq: data.seq, id: meta.id, batch: meta.batch && meta.batch.count,
+      ts: meta.ts, uid: meta.uid ?? null}));
     sub.onBatch(type, (items, meta) => got.batches.push({type, count: meta.count, id: meta.id}));
   }
 }
@@ -274,7 +275,14 @@ def test_batch_type_convention_matches_the_server() -> None:
 
 def post(base_url: str, source: str, type_: str, seqs: range) -> None:
     events = [
-        {"type": type_, "source": source, "data": {"job_id": f"j{s}", "seq": s}} for s in seqs
+        {
+            "type": type_,
+            "source": source,
+            "data": {"job_id": f"j{s}", "seq": s},
+            "ts": 1_700_000_000 + s,
+            "uid": f"{source}-{type_}-{s}",
+        }
+        for s in seqs
     ]
     response = httpx.post(f"{base_url}/events", json=events, timeout=10)
     response.raise_for_status()
@@ -310,6 +318,11 @@ def test_real_server_members_of_batches_and_singles_arrive_once_in_order(tmp_pat
             got = page.evaluate("window.got")
 
     assert [m["seq"] for m in got["members"]] == list(range(1, 22))
+    # each member keeps its own ts and uid, batched or not (issue 15)
+    assert [m["ts"] for m in got["members"]] == [1_700_000_000 + s for s in range(1, 22)]
+    # (a single event's envelope carries no uid: only a batch's items need one)
+    batched = [m for m in got["members"] if m["batch"]]
+    assert batched and all(m["uid"].endswith(f"-{m['seq']}") for m in batched), batched
     assert [(b["type"], b["count"]) for b in got["batches"]] == [
         ("JOB_STARTED", 10),
         ("JOB_STARTED", 2),

@@ -64,7 +64,7 @@ async def test_workers_show_bursts_unbatched_worker_and_logs(tmp_path: Path) -> 
     burst = next(r for r in by_source(rows, "scheduler_worker"))
     assert burst.event.type == "JOBS_BATCH_STARTED"
     assert 3 <= burst.event.data["batch_count"] <= 8
-    assert all({"job_id", "camera_id", "kind"} <= set(i) for i in burst.event.data["items"])
+    assert all({"job_id", "camera_id", "kind"} <= set(i["data"]) for i in burst.event.data["items"])
 
     # use_batching=False: every overlay event goes out on its own.
     overlay = by_source(rows, "overlay_worker")
@@ -80,7 +80,11 @@ async def test_workers_show_bursts_unbatched_worker_and_logs(tmp_path: Path) -> 
     messages = [
         item["message"]
         for r in logs
-        for item in (r.event.data["items"] if "items" in r.event.data else [r.event.data])
+        for item in (
+            [i["data"] for i in r.event.data["items"]]
+            if "items" in r.event.data
+            else [r.event.data]
+        )
     ]
     assert any(m.startswith("Creating worktree for job") for m in messages)
     assert any(re.fullmatch(r"Rendering overlay for camera \d+", m) for m in messages)
@@ -105,7 +109,7 @@ async def test_same_seed_same_jobs(tmp_path: Path) -> None:
 
     def burst(rows: list[StoredEvent]) -> list[object]:
         row = next(r for r in rows if r.event.source == "scheduler_worker")
-        return list(row.event.data["items"])
+        return [item["data"] for item in row.event.data["items"]]
 
     a = burst(await run_demo_until(tmp_path / "a.db", 11, first_burst))
     b = burst(await run_demo_until(tmp_path / "b.db", 11, first_burst))

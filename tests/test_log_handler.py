@@ -156,7 +156,7 @@ async def test_info_records_wait_for_the_window(
     assert await batcher.journal.read_after(None, 100) == []
     (event,) = await stored(batcher)
     assert event.event.type == "LOGS_BATCH_INFO"
-    assert [item["message"] for item in event.event.data["items"]] == [
+    assert [item["data"]["message"] for item in event.event.data["items"]] == [
         "step 0",
         "step 1",
         "step 2",
@@ -315,7 +315,11 @@ async def test_ships_through_a_remote_publisher(tmp_path: Path, log: logging.Log
     flat = [
         (e.event.source, item)
         for e in events
-        for item in (e.event.data["items"] if "items" in e.event.data else [e.event.data])
+        for item in (
+            [i["data"] for i in e.event.data["items"]]
+            if "items" in e.event.data
+            else [e.event.data]
+        )
     ]
     assert [(s, i["message"], i["level"]) for s, i in flat] == [
         (log.name, "Creating worktree", "info"),

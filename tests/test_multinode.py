@@ -27,7 +27,7 @@ def steps_of(envelope: dict[str, Any]) -> list[int]:
     """The ``n`` of every emitted event a message carries (a batch carries several)."""
     data = envelope["data"]
     if "items" in data:
-        return [item["n"] for item in data["items"]]
+        return [item["data"]["n"] for item in data["items"]]
     return [data["n"]]
 
 

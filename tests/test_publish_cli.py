@@ -196,7 +196,11 @@ def test_against_the_real_server(tmp_path: Path) -> None:
     numbers = [
         item["n"]
         for event in page["events"]
-        for item in (event["data"]["items"] if "batch_count" in event["data"] else [event["data"]])
+        for item in (
+            [i["data"] for i in event["data"]["items"]]
+            if "batch_count" in event["data"]
+            else [event["data"]]
+        )
     ]
     assert numbers == list(range(31))
 

@@ -669,7 +669,7 @@ def history_members(
             ).json()
             for event in page["events"]:
                 data = event["data"]
-                items = data["items"] if "batch_count" in data else [data]
+                items = [i["data"] for i in data["items"]] if "batch_count" in data else [data]
                 members.extend({"source": event["source"], **item} for item in items)
             if not page["more"]:
                 break

@@ -71,7 +71,8 @@ def single_event(member: Member, persist: bool) -> EncodedEvent:
 
 
 def batch_event(rule: AggregationRule, members: list[Member]) -> EncodedEvent:
-    """Merge N ≥ 2 members into one batch event; nothing a member carried is lost."""
+    """Merge N ≥ 2 members into one batch event; nothing a member carried is lost:
+    ``items`` holds ``{"ts", "uid", "data"}`` for each member, in emit order."""
     first = members[0]
     datas = [m.data for m in members]
     if rule.id_fields is None:
@@ -86,10 +87,16 @@ def batch_event(rule: AggregationRule, members: list[Member]) -> EncodedEvent:
     }
     for name in id_fields:
         head[collected_name(name)] = [d[name] for d in datas]
-    # Splice the members' already-encoded data instead of encoding it again.
-    items_json = b"[" + b",".join(m.data_json for m in members) + b"]"
-    data_json = orjson.dumps(head)[:-1] + b',"items":' + items_json + b"}"
-    data = {**head, "items": datas}
+    # Each item is the member as emitted: its own ts and uid beside its data (the
+    # batch's ts is the first member's). The members' already-encoded data is spliced
+    # in, not encoded again.
+    dumps = orjson.dumps
+    items_json = b",".join(
+        b'{"ts":' + dumps(m.ts) + b',"uid":' + dumps(m.uid) + b',"data":' + m.data_json + b"}"
+        for m in members
+    )
+    data_json = dumps(head)[:-1] + b',"items":[' + items_json + b"]}"
+    data = {**head, "items": [{"ts": m.ts, "uid": m.uid, "data": m.data} for m in members]}
     event = Event(
         type=rule.batch_type or batch_type_for(first.type),
         source=first.source,

@@ -165,8 +165,14 @@ function renderRow(envelope, info) {
       if (!row.open || row.querySelector(".members")) return;
       const list = el("ol", "members");
       envelope.data.items.forEach((item, i) => {
+        // {ts, uid, data}: each member's own time and data (older batches: data only)
+        const member = item && typeof item === "object" && "data" in item && "ts" in item;
+        const data = member ? item.data : item;
         const li = el("li");
-        li.append(el("span", "idx", String(i + 1)), `${memberType}  ${JSON.stringify(item)}`);
+        li.append(
+          el("span", "idx", String(i + 1)),
+          `${member ? `${clock(item.ts)}  ` : ""}${memberType}  ${JSON.stringify(data)}`,
+        );
         li.title = JSON.stringify(item, null, 2);
         list.append(li);
       });

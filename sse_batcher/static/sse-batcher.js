@@ -46,18 +46,20 @@
  *
  * Subscription:
  *   - `on(type, fn)`: `fn(data, meta)` once per member of type `type`, in order.
- *     `meta` = `{id, type, source, ts, batch}`; `batch` is null for a single event,
+ *     `meta` = `{id, type, source, ts, uid, batch}` (`ts`, `uid`: the member's own);
+ *     `batch` is null for a single event,
  *     else `{type, count, index, first_ts, last_ts}`. Returns an unsubscribe function.
  *   - `onBatch(type, fn)`: `fn(items, meta)` once per message carrying members of
  *     `type` (a single event is a batch of one). `meta` = `{id, type, eventType,
- *     source, ts, count, batched, data}`. Returns an unsubscribe function.
+ *     source, ts, count, batched, data, members}` (`members`: each member's `{ts, uid,
+ *     data}`). Returns an unsubscribe function.
  *   - `onAny(fn)`: `fn(envelope, info)` for every message as it arrived, batches
  *     not split; `info` = `{batched, memberType, count}`. Returns an unsubscribe function.
  *   - `close()`: stop for good. `lastEventId`: the cursor (last durable id seen;
  *     a reset leaves it until the next durable id). `status`: the last status reported.
  *
  * Also exported: `batchTypeFor(type)` (the server's default batch name) and
- * `unpack(envelope)` -> `{batched, memberType, items}`, for envelopes read from
+ * `unpack(envelope)` -> `{batched, memberType, items, members}`, for envelopes read from
  * `GET /events/history`.
  *
  * Guarantees: handlers run in stream order; a message whose id was already
@@ -145,9 +147,31 @@ function singularOf(word) {
  * conventional batch type matches, else the naming convention read backwards.
  * @param {{type: string, data: any}} envelope
  * @param {Iterable<string>} [knownTypes]
- * @returns {{batched: boolean, memberType: string, items: any[]}}
+ * `items` are the members' data; `members` are `{ts, uid, data}`, each member's own
+ * timestamp and uid (a batch's items carry them; a single event's are the envelope's).
+ * @returns {{batched: boolean, memberType: string, items: any[], members: {ts: number, uid: (string|null), data: any}[]}}
  */
 export function unpack(envelope, knownTypes = []) {
+  const found = unpackType(envelope, knownTypes);
+  if (!found.batched) {
+    const single = { ts: envelope.ts, uid: null, data: envelope.data };
+    return { ...found, items: [envelope.data], members: [single] };
+  }
+  const members = envelope.data.items.map((item) =>
+    isMember(item) ? item : { ts: envelope.ts, uid: null, data: item },
+  );
+  return { ...found, items: members.map((m) => m.data), members };
+}
+
+// An item as the server writes it: {ts, uid, data}. Batches stored by older versions
+// held the members' data alone.
+function isMember(item) {
+  if (item === null || typeof item !== "object" || Array.isArray(item)) return false;
+  const keys = Object.keys(item);
+  return keys.length === 3 && "ts" in item && "uid" in item && "data" in item;
+}
+
+function unpackType(envelope, knownTypes) {
   const { type, data } = envelope;
   const isBatch =
     data !== null &&
@@ -155,14 +179,14 @@ export function unpack(envelope, knownTypes = []) {
     Array.isArray(data.items) &&
     (typeof data.member_type === "string" ||
       (typeof data.batch_count === "number" && /(^|_)BATCH(_|$)/i.test(type)));
-  if (!isBatch) return { batched: false, memberType: type, items: [data] };
+  if (!isBatch) return { batched: false, memberType: type };
   if (typeof data.member_type === "string") {
-    return { batched: true, memberType: data.member_type, items: data.items };
+    return { batched: true, memberType: data.member_type };
   }
   for (const known of knownTypes) {
-    if (batchTypeFor(known) === type) return { batched: true, memberType: known, items: data.items };
+    if (batchTypeFor(known) === type) return { batched: true, memberType: known };
   }
-  return { batched: true, memberType: memberTypeFromName(type), items: data.items };
+  return { batched: true, memberType: memberTypeFromName(type) };
 }
 
 function memberTypeFromName(type) {
@@ -266,7 +290,7 @@ export function subscribe(url, options = {}) {
   }
 
   function deliver(envelope, id) {
-    const { batched, memberType, items } = unpack(envelope, [
+    const { batched, memberType, items, members } = unpack(envelope, [
       ...memberHandlers.keys(),
       ...batchHandlers.keys(),
     ]);
@@ -287,6 +311,7 @@ export function subscribe(url, options = {}) {
         count: items.length,
         batched,
         data,
+        members,
       };
       for (const fn of [...forBatch]) if (!closed) guard(() => fn(items, meta));
     }
@@ -302,7 +327,8 @@ export function subscribe(url, options = {}) {
               last_ts: data.last_ts,
             }
           : null;
-        const meta = { id, type: memberType, source, ts, batch };
+        const { ts: memberTs, uid } = members[index];
+        const meta = { id, type: memberType, source, ts: memberTs, uid, batch };
         for (const fn of [...forMember]) if (!closed) guard(() => fn(item, meta));
       });
     }

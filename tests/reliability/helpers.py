@@ -34,7 +34,7 @@ def members(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The member datas a stored event carries: a batch's ``items``, else itself."""
     items = data.get("items")
     if isinstance(items, list) and "batch_count" in data:
-        return items
+        return [item["data"] for item in items]
     return [data]
 
 

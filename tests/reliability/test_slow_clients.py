@@ -53,7 +53,8 @@ class Fast:
                 for message in await self.client.read_some():
                     now = time.time()
                     data = orjson.loads(message.data)["data"]
-                    for member in data.get("items", [data]):
+                    items = data.get("items")
+                    for member in [i["data"] for i in items] if items else [data]:
                         self.seqs.add(member["seq"])
                         self.latencies.append(now - member["sent"])
         except (ConnectionError, OSError):

@@ -323,3 +323,20 @@ def test_same_type_and_source_on_two_channels_make_two_batches() -> None:
         ("user.1.jobs", [0, 2, 4]),
         ("user.2.jobs", [1, 3, 5]),
     ]
+
+
+def test_batch_items_keep_each_members_own_ts_and_uid() -> None:
+    agg = Aggregator(RuleSet(), window=0.5, max_batch=10)
+    for i in range(3):
+        data = {"job_id": i}
+        uid = f"u{i}" if i != 1 else None
+        agg.add(Member("JOB_STARTED", "w", data, 2000.0 + i, uid, orjson.dumps(data), i * 0.1))
+    [flushed] = agg.ready(1.0)
+    expected = [
+        {"ts": 2000.0, "uid": "u0", "data": {"job_id": 0}},
+        {"ts": 2001.0, "uid": None, "data": {"job_id": 1}},
+        {"ts": 2002.0, "uid": "u2", "data": {"job_id": 2}},
+    ]
+    assert flushed.item.event.data["items"] == expected
+    assert orjson.loads(flushed.item.data_json)["items"] == expected  # the spliced bytes too
+    assert flushed.item.uids == ("u0", "u2")

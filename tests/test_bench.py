@@ -23,6 +23,7 @@ from bench import (
     connections,
     emit_cost,
     fanout,
+    import_time,
     latency,
     persist,
     slow_storage,
@@ -170,3 +171,12 @@ def test_workers_smallest() -> None:
     assert [s["complete"] for s in result["steps"]] == [6, 6]
     assert set(result["stream_workers"]) <= {"0", "1"}
     assert result["best"] is not None
+
+
+def test_import_time_smallest() -> None:
+    rows = import_time.run(quick=True)
+    check_rows(rows)
+    by_metric = {r["metric"]: r for r in rows}
+    assert set(by_metric) == set(import_time.CASES)
+    assert "heavy packages loaded: none" in by_metric["publishing worker"]["note"]
+    assert "uvicorn" in by_metric["full stack (baseline)"]["note"]

@@ -104,3 +104,14 @@ async def test_every_redis_journal_counter_is_typed(redis_url: str, tmp_path: Pa
     assert "untyped" not in journal.values()
     result = check(text)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_catalogue_types_every_journal_counter() -> None:
+    from dataclasses import fields
+
+    from sse_batcher.journals._counters import RedisCounters, SQLiteCounters
+    from sse_batcher.service._metrics import CATALOGUE
+
+    for counters in (SQLiteCounters, RedisCounters):
+        missing = {f.name for f in fields(counters)} - set(CATALOGUE["journal"])
+        assert not missing, f"{counters.__name__}: {missing} would be untyped"

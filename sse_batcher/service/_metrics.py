@@ -78,6 +78,9 @@ _JOURNAL = {
     "tail_batches": _c("journal_tail_batches", "batches the Redis tail delivered"),
     "tail_reconnects": _c("journal_tail_reconnects", "Redis tail reconnects"),
     "live_received": _c("journal_live_received", "stream-only events received from peers"),
+    "tail_reads": _c("journal_tail_reads", "reads of rows other processes committed"),
+    "tail_rows_read": _c("journal_tail_rows_read", "rows other processes committed, read"),
+    "tail_errors": _c("journal_tail_errors", "failed tail reads"),
     "max_appends_per_transaction": _g(
         "journal_max_appends_per_transaction", "most appends one transaction carried"
     ),
@@ -152,6 +155,7 @@ CATALOGUE: dict[str, dict[str, Spec]] = {
         "subscribers": _g("hub_subscribers", "open SSE streams"),
         "max_subscribers": _g("hub_max_subscribers", "the configured stream limit"),
         "buffered_messages": _g("hub_buffered_messages", "messages in subscriber buffers"),
+        "subscriber_filters": _g("hub_subscriber_filters", "distinct subscriber filters"),
         "subscribed_total": _c("hub_subscribed", "streams opened"),
         "refused_total": _c("hub_refused", "streams refused at the limit"),
         "slow_disconnects": _c("hub_slow_disconnects", "slow subscribers disconnected"),

@@ -60,7 +60,7 @@ def job(channel: str, n: int) -> dict[str, Any]:
 
 def steps(envelope: dict[str, Any]) -> list[int]:
     data = envelope["data"]
-    return [item["n"] for item in data["items"]] if "items" in data else [data["n"]]
+    return [item["data"]["n"] for item in data["items"]] if "items" in data else [data["n"]]
 
 
 class Reader:

@@ -48,7 +48,7 @@ async def wait_until(condition: Callable[[], bool], within: float = 20.0) -> Non
 def steps_of(envelope: dict[str, Any]) -> list[int]:
     data = envelope["data"]
     if "items" in data:
-        return [item["n"] for item in data["items"]]
+        return [item["data"]["n"] for item in data["items"]]
     return [data["n"]]
 
 

@@ -81,6 +81,7 @@ _JOURNAL = {
     "tail_reads": _c("journal_tail_reads", "reads of rows other processes committed"),
     "tail_rows_read": _c("journal_tail_rows_read", "rows other processes committed, read"),
     "tail_errors": _c("journal_tail_errors", "failed tail reads"),
+    "tail_wal_watch": _g("journal_tail_wal_watch", "1 when the tail waits on inotify"),
     "max_appends_per_transaction": _g(
         "journal_max_appends_per_transaction", "most appends one transaction carried"
     ),

@@ -64,7 +64,11 @@ async def _serve_ours(args: argparse.Namespace) -> None:
             if stored.id is not None:
                 published[stored.id.rsplit(".", 1)[-1]] = now
 
-    async with SQLiteJournal(args.db) as journal, SSEEventBatcher(journal) as batcher:
+    window = args.window_ms / 1000
+    async with (
+        SQLiteJournal(args.db) as journal,
+        SSEEventBatcher(journal, window=window) as batcher,
+    ):
         app = create_app(batcher, manage_lifecycle=False, max_subscribers=20_000)
         config = uvicorn.Config(
             app,
@@ -403,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--db", default="")
     parser.add_argument("--rate", type=float, default=RATE)
+    parser.add_argument("--window-ms", type=int, default=500)
     parser.add_argument("--expect", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--out", default="")

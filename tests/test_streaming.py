@@ -232,7 +232,7 @@ async def test_beyond_max_subscribers_a_stream_gets_a_retry_hint_and_closes(
     ):
         response = await client.get("/events")  # returns: the body ends at once
         assert response.status_code == 200
-        assert response.text == "retry: 30000\n: too many subscribers; try again later\n\n"
+        assert response.text == ": too many subscribers; try again later\nretry: 30000\n\n"
         assert app.state.hub.stats()["refused_total"] == 1
 
 

@@ -14,9 +14,9 @@ Routes (the HTTP contract, documented in docs/)::
 Shutdown::
 
     begin_shutdown() (``Service`` / ``serve`` call it when the server stops accepting;
-    under another uvicorn, sse-starlette's watcher does) ─► open streams end (clients
-    reconnect elsewhere with Last-Event-ID) ─► lifespan exit: close any stream left
-    ─► the batcher drains (its async with ends) ─► hub ─► journal
+    under another uvicorn, the app's one exit watcher, sse-starlette's, does) ─► open
+    streams end (clients reconnect elsewhere with Last-Event-ID) ─► lifespan exit:
+    close any stream left ─► the batcher drains (its async with ends) ─► hub ─► journal
 
 A hub that was never started (the app mounted in a host whose lifespan does not
 enter the service) answers ``GET /events`` with 503 and logs how to fix it, instead
@@ -26,8 +26,7 @@ of streams that end at once and a browser that retries forever.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -41,12 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sse_batcher._exceptions import (
-    BatcherClosed,
-    ConfigError,
-    InvalidEvent,
-    QueueFull,
-)
+from sse_batcher._exceptions import ConfigError, InvalidEvent
 from sse_batcher._lifecycle import Lifecycle
 from sse_batcher.batching._batcher import SSEEventBatcher
 from sse_batcher.batching._journal import Journal
@@ -59,10 +53,11 @@ from sse_batcher.service._channels import (
     normalize,
 )
 from sse_batcher.service._history import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, history_page
-from sse_batcher.service._hub import Hub, OnReset
+from sse_batcher.service._hub import Hub
 from sse_batcher.service._ingest import Ingest
 from sse_batcher.service._operator import STATIC_DIR, OperatorRoutes
-from sse_batcher.service._responses import NOT_STARTED, EventStream, error, json_http_error
+from sse_batcher.service._response import EventStream, wait_for_server_exit
+from sse_batcher.service._responses import NOT_STARTED, error, json_http_error
 
 __all__ = ["create_app"]
 
@@ -161,10 +156,19 @@ class _Service:
                     self.shutdown_event.set()
 
     async def _end_streams_on_shutdown(self, shutdown: anyio.Event) -> None:
-        # begin_shutdown() (or sse-starlette's watcher) sets the event when the server
-        # starts to shut down; ending the hub's iterators lets every response finish
-        # cleanly (final chunk sent) instead of being cancelled mid-response.
-        await shutdown.wait()
+        # begin_shutdown() or the exit watcher (one for the app, not one per stream)
+        # sets the event when the server starts to shut down; uvicorn closes
+        # connections before the lifespan exits, so ending the streams then lets every
+        # response finish cleanly (final chunk sent) instead of being cancelled.
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                await wait_for_server_exit()
+                shutdown.set()
+
+            tg.start_soon(watch)
+            await shutdown.wait()
+            tg.cancel_scope.cancel()
         self.hub.close_streams()
 
     # -- the stream ---------------------------------------------------------------
@@ -196,63 +200,18 @@ class _Service:
         if isinstance(channels, Response):
             return channels
         cursor = request.headers.get("last-event-id") or params.get("last_event_id") or None
-        chunks = self._chunks(
+        return EventStream(
+            self.hub,
             cursor=cursor.strip() if cursor else None,
             types=_csv(params.get("types")),
             sources=_csv(params.get("sources")),
             channels=channels,
             on_reset="oldest" if on_reset == "oldest" else "live",
+            retry_ms=self.retry_ms,
+            grace=SHUTDOWN_GRACE_PERIOD,
             expires=grant.expires,
+            closing=self.shutdown_event,
         )
-        # Heartbeats come from the hub (only when the stream is idle), so ping=0.
-        return EventStream(
-            chunks,
-            ping=0,
-            shutdown_event=self.shutdown_event,
-            shutdown_grace_period=SHUTDOWN_GRACE_PERIOD,
-        )
-
-    async def _chunks(
-        self,
-        *,
-        cursor: str | None,
-        types: Sequence[str] | None,
-        sources: Sequence[str] | None,
-        channels: frozenset[str] | None,
-        on_reset: OnReset,
-        expires: float | None,
-    ) -> AsyncGenerator[bytes, None]:
-        try:
-            async with self.hub.subscribe(
-                after_cursor=cursor,
-                types=types,
-                sources=sources,
-                channels=channels,
-                on_reset=on_reset,
-            ) as chunks:
-                yield b"retry: %d\n\n" % self.retry_ms
-                if expires is None:
-                    async for chunk in chunks:
-                        yield chunk
-                    return
-                # The credential expires: the stream ends then (the client reconnects
-                # with a fresh token and resumes by id). Each wait is bounded by the
-                # time left; the cancel scope never spans a yield.
-                while True:
-                    with anyio.move_on_after(expires - time.time()) as scope:
-                        try:
-                            piece = await anext(chunks)
-                        except StopAsyncIteration:
-                            return
-                    if scope.cancelled_caught:
-                        yield b": credential expired\n\n"
-                        return
-                    yield piece
-        except (QueueFull, BatcherClosed) as exc:
-            # 200 with a long retry hint, then close: a non-200 status would stop a
-            # browser's EventSource for good.
-            reason = "too many subscribers" if isinstance(exc, QueueFull) else "shutting down"
-            yield b"retry: %d\n: %s; try again later\n\n" % (self.retry_ms * 10, reason.encode())
 
     # -- JSON routes --------------------------------------------------------------
 

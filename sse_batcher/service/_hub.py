@@ -1,116 +1,55 @@
 """The hub: fan-out of journal events to SSE subscribers, with lossless resume.
 
 The hub tails the journal (it never talks to the batcher) and hands every stored
-event to each matching subscriber's bounded buffer. Each event is encoded once
-(``StoredEvent.sse_message()``) and the same bytes go to every subscriber; a
-subscriber's pending messages are joined into one chunk, so a burst costs one
-socket write.
+event to each matching subscriber. Each event is encoded once
+(``StoredEvent.sse_message()``), and the messages of one journal write are joined
+once per filter: the same bytes go to every subscriber with that filter.
 
-Connect with a cursor (``Last-Event-ID``)::
+A push stream (``attach``, what ``GET /events`` uses) that is live and idle gets
+those bytes written into its ASGI ``send`` from the hub's own loop iteration; any
+other stream gets them in its bounded buffer, taken as one chunk by its task (see
+``_subscriber``). Connecting with a cursor replays the journal first (``_replay``).
 
-    register (buffering live) ──► journal.resume(cursor) ──► reset? ──► event: reset
-            │                            │
-            │                            ▼
-            │                   read_after(last, 500) … until a short page
-            │                   with no buffer overflow since that read began
-            ▼                            │
-    live buffer  ──── drop position ≤ last replayed ────► live
-
-A live buffer that overflows while replaying is discarded and the replay goes on
-(every durable event is in the journal). One that overflows when live ends the
-stream (``slow_disconnects``): the client reconnects with its last id and
-resumes from the journal, so a slow reader never holds back the others or grows
-memory without bound.
+A buffer that overflows while live ends the stream (``slow_disconnects``): the
+client reconnects with its last id and resumes from the journal, so a slow reader
+never holds back the others or grows memory without bound.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import anyio
-import orjson
 from anyio.abc import TaskStatus
 
-from sse_batcher._exceptions import BatcherClosed, ConfigError, InvalidCursor, QueueFull
+from sse_batcher._exceptions import BatcherClosed, ConfigError, QueueFull
 from sse_batcher._lifecycle import Resource
-from sse_batcher.batching._events import Event, Position, StoredEvent
-from sse_batcher.batching._journal import Journal, Resume
+from sse_batcher.batching._events import StoredEvent
+from sse_batcher.batching._journal import Journal
 from sse_batcher.batching._rules import batch_type_for
-from sse_batcher.service._channels import (
-    ALL_CHANNELS,
-    ChannelFilter,
-    ChannelIndex,
-    check_pattern,
-    normalize,
+from sse_batcher.service._channels import ALL_CHANNELS, ChannelIndex, check_pattern, normalize
+from sse_batcher.service._replay import OnReset, catch_up
+from sse_batcher.service._subscriber import (
+    HEARTBEAT_MESSAGE,
+    FilterKey,
+    Item,
+    Send,
+    Subscriber,
 )
 
-__all__ = ["Hub", "OnReset", "batch_types_for"]
+__all__ = ["HEARTBEAT_MESSAGE", "Hub", "OnReset", "batch_types_for"]
 
 logger = logging.getLogger("sse_batcher.hub")
-
-OnReset = Literal["live", "oldest"]
-REPLAY_PAGE = 500
-HEARTBEAT_MESSAGE = b":\n\n"
-_Item = tuple[Position | None, bytes]
-# (types, sources, channel patterns): subscribers with equal filters share one group,
-# and the channel index finds the groups an event's channel concerns.
-_FilterKey = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[str]]
 
 
 def batch_types_for(types: Iterable[str]) -> frozenset[str]:
     """The types a ``?types=`` filter matches: the types and their default batch types."""
     wanted = set(types)
     return frozenset(wanted | {batch_type_for(t) for t in wanted})
-
-
-class _Subscriber:
-    """One open stream: its filter, bounded buffer and hand-off state."""
-
-    __slots__ = (
-        "channels",
-        "clears",
-        "ended",
-        "floor",
-        "heartbeat_due",
-        "items",
-        "key",
-        "last_sent",
-        "replaying",
-        "slow",
-        "waiter",
-    )
-
-    def __init__(self, key: _FilterKey, *, replaying: bool) -> None:
-        self.key = key
-        self.channels = ChannelFilter(key[2])
-        self.items: list[_Item] = []
-        self.replaying = replaying  # overflow discards the buffer instead of disconnecting
-        self.clears = 0  # buffer discards while replaying: the replay must read again
-        self.floor: Position | None = None  # drop live items at or below (already replayed)
-        # One reusable event per subscriber, plain asyncio (the service runs on
-        # asyncio): a fresh anyio.Event and a cancel scope per wait cost ~20-40 µs
-        # per subscriber per message, which is most of a 1,000-subscriber fan-out.
-        self.waiter = asyncio.Event()
-        self.last_sent = time.monotonic()
-        self.heartbeat_due = False  # set by the hub's heartbeat task when idle
-        self.ended = False  # hub closing or tail restarted: finish what is buffered, then end
-        self.slow = False  # disconnected for overflowing its buffer
-
-    def matches(self, event: Event) -> bool:
-        types, sources, _ = self.key
-        return (
-            (types is None or event.type in types)
-            and (sources is None or event.source in sources)
-            and self.channels(event.channel)
-        )
-
-    def wake(self) -> None:
-        self.waiter.set()
 
 
 class _OnceStatus:
@@ -157,8 +96,8 @@ class Hub(Resource):
         self._max_subscribers = max_subscribers
         # Subscribers grouped by filter: each event is filtered once per distinct filter,
         # and only for the filters whose channel patterns match it (the index).
-        self._groups: dict[_FilterKey, set[_Subscriber]] = {}
-        self._index: ChannelIndex[_FilterKey] = ChannelIndex()
+        self._groups: dict[FilterKey, set[Subscriber]] = {}
+        self._index: ChannelIndex[FilterKey] = ChannelIndex()
         self._count = 0
         self._closing = False
         self._counters = dict.fromkeys(
@@ -195,21 +134,27 @@ class Hub(Resource):
         for group in self._groups.values():
             for sub in group:
                 sub.ended = True
-                sub.wake()
+                sub.interrupt()
 
     async def _heartbeats(self) -> None:
-        """One timer for every subscriber: mark the idle ones and wake them.
+        """One timer for every subscriber: a ``:`` line for the idle ones.
 
         A stream is idle when nothing was sent for ``heartbeat`` seconds; it gets
-        its ``:`` line within 1.5 times ``heartbeat`` of its last message.
+        its ``:`` line within 1.5 times ``heartbeat`` of its last message. A ready
+        push stream gets it written from here; a pull stream is marked and woken.
         """
         interval = self._heartbeat / 2
         while True:
             await anyio.sleep(interval)
-            idle_since = time.monotonic() - self._heartbeat
-            for group in self._groups.values():
-                for sub in group:
-                    if not sub.items and sub.last_sent <= idle_since:
+            now = time.monotonic()
+            idle_since = now - self._heartbeat
+            for group in list(self._groups.values()):
+                for sub in tuple(group):
+                    if sub.items or sub.last_sent > idle_since:
+                        continue
+                    if sub.ready:
+                        sub.write(HEARTBEAT_MESSAGE, now)
+                    elif sub.send is None:
                         sub.heartbeat_due = True
                         sub.wake()
 
@@ -234,11 +179,12 @@ class Hub(Resource):
     # -- fan-out --------------------------------------------------------------
 
     def _deliver(self, batch: Sequence[StoredEvent]) -> None:
-        """Queue one appended batch for every matching subscriber (sync, never blocks).
+        """Hand one appended batch to every matching subscriber (sync, never blocks).
 
         Costs O(groups that match) per event, not O(subscribers): the channel index
         yields only the groups whose patterns match the event's channel, and each
-        message is encoded once, and only when some subscriber takes it.
+        message is encoded once, and only when some subscriber takes it. A group's
+        messages are joined once and written as is to each of its ready streams.
         """
         if not batch:
             return
@@ -246,13 +192,13 @@ class Hub(Resource):
         if not self._count:
             return
         match = self._index.match
-        pending: dict[_FilterKey, list[_Item]] = {}
+        pending: dict[FilterKey, list[Item]] = {}
         for stored in batch:
             event = stored.event
             keys = match(event.channel)
             if not keys:
                 continue
-            item: _Item | None = None
+            item: Item | None = None
             for key in keys:
                 types, sources, _ = key
                 if (types is not None and event.type not in types) or (
@@ -266,14 +212,26 @@ class Hub(Resource):
                     pending[key] = [item]
                 else:
                     items.append(item)
+        now = time.monotonic()
         groups = self._groups
         for key, items in pending.items():
             group = groups.get(key)
-            if group is not None:
-                for sub in tuple(group):
+            if group is None:
+                continue
+            chunk = items[0][1] if len(items) == 1 else b"".join(m for _, m in items)
+            self._counters["messages_queued"] += len(items) * len(group)
+            for sub in tuple(group):
+                if sub.ready:
+                    if sub.floor is None:
+                        sub.write(chunk, now)
+                    else:  # just caught up: skip what the replay sent
+                        kept = sub.after_floor(items)
+                        if kept:
+                            sub.write(b"".join(kept), now)
+                else:
                     self._offer(sub, items)
 
-    def _offer(self, sub: _Subscriber, items: list[_Item]) -> None:
+    def _offer(self, sub: Subscriber, items: list[Item]) -> None:
         # Slow means "still holding unsent messages when new ones would pass the
         # bound". A subscriber that has taken everything accepts one journal write
         # whatever its size (group commit makes writes large under load), so memory
@@ -291,13 +249,12 @@ class Hub(Resource):
                 sub.slow = True
                 self._counters["slow_disconnects"] += 1
                 self._remove(sub)
-                sub.wake()
+                sub.interrupt()
                 return
         sub.items.extend(items)
-        self._counters["messages_queued"] += len(items)
         sub.wake()
 
-    def _remove(self, sub: _Subscriber) -> None:
+    def _remove(self, sub: Subscriber) -> None:
         group = self._groups.get(sub.key)
         if group is not None and sub in group:
             group.discard(sub)
@@ -344,6 +301,39 @@ class Hub(Resource):
             QueueFull: ``max_subscribers`` streams are already open.
             BatcherClosed: the hub is not open.
         """
+        async with self.attach(
+            None,
+            after_cursor=after_cursor,
+            types=types,
+            sources=sources,
+            channels=channels,
+            on_reset=on_reset,
+        ) as sub:
+            stream = sub.pull(self.catch_up(sub, after_cursor, on_reset))
+            try:
+                yield stream
+            finally:
+                self._remove(sub)
+                with anyio.move_on_after(1.0, shield=True):
+                    await stream.aclose()
+
+    @asynccontextmanager
+    async def attach(
+        self,
+        send: Send | None,
+        *,
+        after_cursor: str | None = None,
+        types: Iterable[str] | None = None,
+        sources: Iterable[str] | None = None,
+        channels: Iterable[str] | None = None,
+        on_reset: OnReset = "live",
+    ) -> AsyncIterator[Subscriber]:
+        """Register a subscriber (push when ``send`` is given); leaving unregisters it.
+
+        The caller drives it: ``catch_up`` first, then, for a push stream, sets
+        ``ready`` whenever it has nothing pending so the hub writes to ``send``
+        directly (see ``EventStream``). Arguments and errors as ``subscribe``.
+        """
         if self._closing:
             raise BatcherClosed("the hub is closing")
         self._require_open()
@@ -355,12 +345,12 @@ class Hub(Resource):
         patterns = ALL_CHANNELS if channels is None else normalize(map(check_pattern, channels))
         if not patterns:
             raise ConfigError("channels must name at least one pattern (use '*' for every one)")
-        key: _FilterKey = (
+        key: FilterKey = (
             None if types is None else batch_types_for(types),
             None if sources is None else frozenset(sources),
             patterns,
         )
-        sub = _Subscriber(key, replaying=after_cursor is not None)
+        sub = Subscriber(key, replaying=after_cursor is not None, send=send)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = set()
@@ -368,102 +358,20 @@ class Hub(Resource):
         group.add(sub)
         self._count += 1
         self._counters["subscribed_total"] += 1
-        stream = self._stream(sub, after_cursor, on_reset)
         try:
-            yield stream
+            yield sub
         finally:
+            sub.ready = False
             self._remove(sub)
-            with anyio.move_on_after(1.0, shield=True):
-                await stream.aclose()
+            if sub.pending is not None:
+                sub.pending.close()
+                sub.pending = None
 
-    async def _stream(
-        self, sub: _Subscriber, cursor: str | None, on_reset: OnReset
+    def catch_up(
+        self, sub: Subscriber, cursor: str | None, on_reset: OnReset
     ) -> AsyncGenerator[bytes, None]:
-        if cursor is not None:
-            after, reset = await self._start_after(cursor)
-            if reset is not None:
-                reset["continue"] = on_reset
-                yield b"event: reset\ndata: " + orjson.dumps(reset) + b"\n\n"
-            if reset is None or on_reset == "oldest":
-                self._counters["replays"] += 1
-                async for chunk in self._replay(sub, after):
-                    yield chunk
-        sub.replaying = False
-        waiter = sub.waiter
-        while True:
-            if sub.items:
-                chunk = self._take(sub)
-                if chunk:
-                    sub.last_sent = time.monotonic()
-                    yield chunk
-                continue
-            if sub.ended or sub.slow:
-                return
-            if sub.heartbeat_due:
-                sub.heartbeat_due = False
-                sub.last_sent = time.monotonic()
-                yield HEARTBEAT_MESSAGE
-                continue
-            # No await between the checks above and this wait, and every waker runs
-            # on this loop: a wake cannot fall between them and be lost.
-            waiter.clear()
-            await waiter.wait()
-
-    async def _start_after(self, cursor: str) -> tuple[Position | None, dict[str, Any] | None]:
-        """Where to replay from, and why not (reset details) when the cursor is not served."""
-        try:
-            resume = await self._journal.resume(cursor)
-        except InvalidCursor:
-            oldest = await self._journal.read_after(None, 1)
-            resume = Resume(None, reset="invalid", oldest_id=oldest[0].id if oldest else None)
-        if resume.reset is None:
-            return resume.after, None
-        self._counters["resets"] += 1
-        return None, {
-            "reason": resume.reset,
-            "last_event_id": cursor[:200],
-            "oldest_id": resume.oldest_id,
-        }
-
-    async def _replay(
-        self, sub: _Subscriber, after: Position | None
-    ) -> AsyncGenerator[bytes, None]:
-        last = after
-        while True:
-            clears = sub.clears
-            rows = await self._journal.read_after(last, REPLAY_PAGE)
-            if rows:
-                last = rows[-1].position
-            messages = [row.sse_message() for row in rows if sub.matches(row.event)]
-            # Caught up: a short page, and no live event was discarded since this read
-            # began (anything newer than the read is in the buffer). Switch atomically.
-            if len(rows) < REPLAY_PAGE and sub.clears == clears:
-                sub.replaying = False
-                sub.floor = last
-                if messages:
-                    yield b"".join(messages)
-                return
-            if messages:
-                yield b"".join(messages)
-
-    @staticmethod
-    def _take(sub: _Subscriber) -> bytes:
-        """Everything buffered as one chunk, minus what the replay already sent."""
-        items, sub.items = sub.items, []
-        floor = sub.floor
-        if floor is None:
-            if len(items) == 1:
-                return items[0][1]
-            return b"".join(message for _, message in items)
-        kept: list[bytes] = []
-        for position, message in items:
-            if position is not None and floor is not None:
-                if position <= floor:
-                    continue
-                floor = None  # the tail is ordered: everything after this is new
-            kept.append(message)
-        sub.floor = floor
-        return b"".join(kept)
+        """The reset notice and replayed chunks a new stream sends before going live."""
+        return catch_up(self._journal, sub, cursor, on_reset, self._counters)
 
     # -- stats ----------------------------------------------------------------
 

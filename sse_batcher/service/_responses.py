@@ -1,31 +1,21 @@
-"""Responses shared by the routes: JSON answers and errors, the SSE stream."""
+"""Responses shared by the routes: JSON answers and errors (the SSE stream: ``_response``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["NOT_STARTED", "EventStream", "error", "json_http_error", "json_response"]
+__all__ = ["NOT_STARTED", "error", "json_http_error", "json_response"]
 
 NOT_STARTED = (
     "the sse_batcher service was never started: its app is mounted in a host app whose "
     "lifespan does not enter it (Starlette does not run a mounted app's lifespan). "
     "Enter it in the host's lifespan: `async with service: yield` (see docs/embedding.md)"
 )
-
-
-class EventStream(EventSourceResponse):
-    """sse-starlette's response without its ``Connection: keep-alive`` header: the
-    header is hop-by-hop, forbidden in HTTP/2, and the server manages keep-alive."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        del self.headers["connection"]
 
 
 def json_response(content: Any, status_code: int = 200, **headers: str) -> Response:

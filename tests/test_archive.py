@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 import pytest
 
@@ -27,6 +26,7 @@ from sse_batcher import (
     StoredEvent,
 )
 from sse_batcher.sinks._archive import sanitize
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -56,12 +56,6 @@ def total_size(root: Path) -> int:
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    with anyio.fail_after(within):
-        while not condition():  # noqa: ASYNC110 (polling a condition with a deadline)
-            await anyio.sleep(0.002)
 
 
 class Clock:

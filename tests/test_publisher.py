@@ -24,16 +24,9 @@ from hypothesis import strategies as st
 from sse_batcher import AsyncRemotePublisher, PublisherStats, RemotePublisher, in_publisher_context
 from sse_batcher.publishing._model import encode_event
 from sse_batcher.publishing._spool import Spool
+from tests.waiting import wait_until_sync
 
 URL = "http://publisher.test"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -113,7 +106,7 @@ def test_batches_by_size_in_order_with_unique_uids(tmp_path: Path) -> None:
         for n in range(25):
             pub.publish("JOB_STARTED", {"n": n})
         # 20 go out on size alone; the last 5 wait for flush_interval (60 s) or close.
-        wait_for(lambda: len(server.events) == 20)
+        wait_until_sync(lambda: len(server.events) == 20)
         assert len(server.requests) == 2
     assert server.numbers() == list(range(25))
     sizes = [len(body["events"]) for _, body in server.requests]
@@ -131,7 +124,7 @@ def test_flush_interval_sends_a_partial_batch(tmp_path: Path) -> None:
         started = time.monotonic()
         pub.publish("A", {"n": 1})
         pub.publish("A", {"n": 2})
-        wait_for(lambda: len(server.requests) == 1)
+        wait_until_sync(lambda: len(server.requests) == 1)
         waited = server.requests[0][0] - started
         assert 0.25 <= waited < 5
         assert server.numbers() == [1, 2]
@@ -395,16 +388,16 @@ def test_spools_when_down_and_sends_the_spool_first(tmp_path: Path) -> None:
     with publisher(server, tmp_path, spool_after=0.2, flush_interval=0.05) as pub:
         for n in range(30):
             pub.publish("A", {"n": n})
-        wait_for(lambda: pub.stats().spooled == 30)
+        wait_until_sync(lambda: pub.stats().spooled == 30)
         assert len(spool_file.read_bytes().splitlines()) == 30
         for n in range(30, 35):  # while down: spooled after flush_interval
             pub.publish("A", {"n": n})
-        wait_for(lambda: pub.stats().spooled == 35)
+        wait_until_sync(lambda: pub.stats().spooled == 35)
         switch.up.set()
         for n in range(35, 40):
             pub.publish("A", {"n": n})
         assert pub.flush(timeout=10)
-        wait_for(lambda: pub.stats().spool_pending == 0)
+        wait_until_sync(lambda: pub.stats().spool_pending == 0)
     assert server.numbers() == list(range(40))
     stats = pub.stats()
     # 35..39 may be spooled too: the publisher learns the server is back on its next try.
@@ -490,7 +483,7 @@ def test_two_publishers_take_separate_spool_slots(tmp_path: Path) -> None:
     try:
         one.publish("A", {"n": 1})
         two.publish("A", {"n": 2})
-        wait_for(lambda: one.stats().spooled == 1 and two.stats().spooled == 1)
+        wait_until_sync(lambda: one.stats().spooled == 1 and two.stats().spooled == 1)
         assert {one.spool_path, two.spool_path} == {
             str(tmp_path / "spool.jsonl"),
             str(tmp_path / "spool-2.jsonl"),
@@ -733,14 +726,14 @@ def test_server_restart_mid_stream_spools_and_delivers_once(tmp_path: Path) -> N
 
         producer = threading.Thread(target=produce)
         producer.start()
-        wait_for(lambda: pub.stats().sent >= 500, timeout=30)
+        wait_until_sync(lambda: pub.stats().sent >= 500, within=30)
         first.stop()  # SIGTERM with requests in flight
-        wait_for(lambda: pub.stats().spooled > 0, timeout=30)
+        wait_until_sync(lambda: pub.stats().spooled > 0, within=30)
     spooled_while_down = pub.stats().spooled
     second = ServerProcess(["--db", db, "--window-ms", "20", "--port", str(first.port)])
     second.url = first.url  # the same address: the publisher knows no other
     with second:
-        wait_for(lambda: pub.stats().unspooled >= spooled_while_down, timeout=30)
+        wait_until_sync(lambda: pub.stats().unspooled >= spooled_while_down, within=30)
         finish.set()
         producer.join()
         pub.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -28,6 +28,7 @@ from sse_batcher import (
 from sse_batcher.batching._events import encode_data
 from sse_batcher.batching._journal import parse_event_id
 from tests.conftest import free_port
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -66,14 +67,6 @@ def enc(
     return EncodedEvent(
         Event(type_, source, data, ts=1_700_000_000.25 + n), encode_data(data), persist, uids
     )
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    with anyio.fail_after(within):
-        # Polling with a deadline: the state is changed by other nodes and by Redis.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
 
 
 class Collector:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -13,6 +13,7 @@ import pytest
 
 from sse_batcher import BatcherClosed, ConfigError, Event, Position, Sink, SinkSet, StoredEvent
 from sse_batcher.batching._sink import event_nbytes, is_error_event
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -31,13 +32,6 @@ def stored(n: int, type: str = "JOB_DONE", source: str = "w", **data: Any) -> St
 
 def batches(count: int, size: int, start: int = 0) -> list[list[StoredEvent]]:
     return [[stored(start + b * size + i) for i in range(size)] for b in range(count)]
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll a condition with a deadline (the sink tasks run on the same loop)."""
-    with anyio.fail_after(within):
-        while not condition():  # noqa: ASYNC110 (polling a condition with a deadline)
-            await anyio.sleep(0.001)
 
 
 class RecordingSink:

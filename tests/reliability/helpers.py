@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,8 @@ from urllib.parse import urlsplit
 
 import anyio
 import orjson
+
+from tests.waiting import wait_until, wait_until_sync
 
 from ..sse_parser import SSEMessage, SSEParser
 
@@ -62,24 +63,11 @@ async def poll(
     interval: float = 0.02,
 ) -> None:
     """Await ``condition()`` becoming true, checking every ``interval``; fail after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await anyio.sleep(interval)
+    await wait_until(condition, within, what=what, interval=interval)
 
 
 def poll_sync(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    wait_until_sync(condition, timeout, what=what, interval=0.02)
 
 
 def rss_kib(pid: int) -> int:
